@@ -1,0 +1,34 @@
+"""antiprof: a continuous CPU profiler for Linux. This package is the core a plugin builds on."""
+
+from antiprof_core.consumer import Consumer, ConsumerContext, ConsumerType
+from antiprof_core.hookspecs import hookimpl
+from antiprof_core.model import (
+    Counters,
+    Frame,
+    FrameKind,
+    Host,
+    Mapping,
+    Process,
+    ProfileWindow,
+    Sample,
+    SamplingMode,
+)
+from antiprof_core.units import ByteSize, Duration
+
+__all__ = [
+    "ByteSize",
+    "Consumer",
+    "ConsumerContext",
+    "ConsumerType",
+    "Counters",
+    "Duration",
+    "Frame",
+    "FrameKind",
+    "Host",
+    "Mapping",
+    "Process",
+    "ProfileWindow",
+    "Sample",
+    "SamplingMode",
+    "hookimpl",
+]

@@ -1,0 +1,159 @@
+"""ProfileWindow <-> plain JSON-able dicts, losslessly.
+
+Frames and mappings are shared by many samples, so the plain form keeps them once, in
+window-level tables, and samples refer to frames by index. That keeps JSON small and the
+conversion fast (one dict per distinct frame, not one per frame per sample).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import cattrs
+
+from antiprof_core.model import (
+    Counters,
+    Frame,
+    FrameKind,
+    Host,
+    Mapping,
+    Process,
+    ProfileWindow,
+    Sample,
+    SamplingMode,
+)
+
+SCHEMA_VERSION = 1
+
+_leaf = cattrs.Converter()
+
+
+class _Table:
+    """Assigns each distinct object an index, in order of first appearance."""
+
+    def __init__(self) -> None:
+        self.index: dict[Any, int] = {}
+        self.items: list[Any] = []
+
+    def add(self, item: Any) -> int:
+        found = self.index.get(item)
+        if found is None:
+            found = self.index[item] = len(self.items)
+            self.items.append(item)
+        return found
+
+
+def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
+    mappings = _Table()
+    frames = _Table()
+    frame_index: dict[int, int] = {}  # id(frame) -> index: frames are shared objects, skip hashing them
+
+    def frame_ref(frame: Frame) -> int:
+        key = id(frame)
+        found = frame_index.get(key)
+        if found is None:
+            found = frame_index[key] = frames.add(frame)
+        return found
+
+    samples = [
+        {
+            "pid": s.pid,
+            "tid": s.tid,
+            "cpu": s.cpu,
+            "thread_name": s.thread_name,
+            "count": s.count,
+            "stack": [frame_ref(f) for f in s.stack],
+            **({"timestamps": list(s.timestamps)} if s.timestamps else {}),
+        }
+        for s in window.samples
+    ]
+    frame_dicts = [
+        {
+            "address": f.address,
+            "kind": f.kind.value,
+            "symbol": f.symbol,
+            "offset": f.offset,
+            "mapping": None if f.mapping is None else mappings.add(f.mapping),
+        }
+        for f in frames.items
+    ]
+    processes = [
+        {
+            "pid": p.pid,
+            "name": p.name,
+            "executable": p.executable,
+            "command_line": list(p.command_line),
+            "container_id": p.container_id,
+            "mappings": [mappings.add(m) for m in p.mappings],
+        }
+        for p in window.processes.values()
+    ]
+    return {
+        "schema": SCHEMA_VERSION,
+        "start_ns": window.start_ns,
+        "end_ns": window.end_ns,
+        "event": window.event,
+        "mode": window.mode.value,
+        "frequency_hz": window.frequency_hz,
+        "period_ns": window.period_ns,
+        "host": _leaf.unstructure(window.host),
+        "counters": _leaf.unstructure(window.counters),
+        "processes": processes,
+        "mappings": [_leaf.unstructure(m) for m in mappings.items],
+        "frames": frame_dicts,
+        "samples": samples,
+    }
+
+
+def window_from_dict(data: dict[str, Any]) -> ProfileWindow:
+    mappings = [_leaf.structure(m, Mapping) for m in data["mappings"]]
+    frames = [
+        Frame(
+            address=f["address"],
+            kind=FrameKind(f["kind"]),
+            symbol=f["symbol"],
+            offset=f["offset"],
+            mapping=None if f["mapping"] is None else mappings[f["mapping"]],
+        )
+        for f in data["frames"]
+    ]
+    samples = tuple(
+        Sample(
+            pid=s["pid"],
+            tid=s["tid"],
+            cpu=s["cpu"],
+            thread_name=s["thread_name"],
+            stack=tuple(frames[i] for i in s["stack"]),
+            count=s["count"],
+            timestamps=tuple(s.get("timestamps", ())),
+        )
+        for s in data["samples"]
+    )
+    processes = {
+        p["pid"]: Process(
+            pid=p["pid"],
+            name=p["name"],
+            executable=p["executable"],
+            command_line=tuple(p["command_line"]),
+            container_id=p["container_id"],
+            mappings=tuple(mappings[i] for i in p["mappings"]),
+        )
+        for p in data["processes"]
+    }
+    return ProfileWindow(
+        start_ns=data["start_ns"],
+        end_ns=data["end_ns"],
+        frequency_hz=data["frequency_hz"],
+        host=_leaf.structure(data["host"], Host),
+        samples=samples,
+        processes=processes,
+        counters=_leaf.structure(data["counters"], Counters),
+        event=data["event"],
+        mode=SamplingMode(data["mode"]),
+    )
+
+
+converter = cattrs.Converter()
+"""``converter.unstructure(window)`` / ``converter.structure(data, ProfileWindow)`` use the table form."""
+converter.register_unstructure_hook(ProfileWindow, window_to_dict)
+converter.register_structure_hook(ProfileWindow, lambda data, _: window_from_dict(data))

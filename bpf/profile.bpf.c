@@ -1,0 +1,1 @@
+// placeholder: the BPF program lands with the sampler
