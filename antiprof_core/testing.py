@@ -22,6 +22,7 @@ from antiprof_core.synthetic import synthetic_host, synthetic_window
 
 __all__ = [
     "make_consumer",
+    "require_bpf",
     "plugin_manager",
     "run_consumer",
     "synthetic_context",
@@ -68,3 +69,25 @@ def run_consumer(consumer: Consumer, windows: Iterable[ProfileWindow], flush_tim
     finally:
         consumer.close()
     return consumer
+
+
+REQUIRE_BPF_ENV = "ANTIPROF_REQUIRE_BPF"
+
+
+def require_bpf() -> None:
+    """Skip the calling test when real eBPF cannot run here; under ANTIPROF_REQUIRE_BPF=1, fail instead.
+
+    CI sets the variable, so a missing kernel header or capability can never pass as a skip.
+    """
+    import os
+
+    import pytest
+
+    from antiprof_core.sampler import bpf_unavailable_reason
+
+    reason = bpf_unavailable_reason()
+    if reason is None:
+        return
+    if os.environ.get(REQUIRE_BPF_ENV) == "1":
+        pytest.fail(f"real eBPF is required ({REQUIRE_BPF_ENV}=1) but unavailable: {reason}")
+    pytest.skip(f"real eBPF unavailable: {reason}")
