@@ -34,9 +34,13 @@ T = TypeVar("T")
 class ConfigError(Exception):
     """One or more problems, each a ``path: message`` line."""
 
-    def __init__(self, problems: list[str]) -> None:
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
         super().__init__("\n".join(problems))
         self.problems = problems
+        self.source = source  # the file the problems are in, if any
+
+    def lines(self) -> list[str]:
+        return [f"{self.source}: {problem}" if self.source else problem for problem in self.problems]
 
 
 class SourceKind(enum.Enum):
@@ -170,7 +174,9 @@ def make_converter() -> cattrs.Converter:
     converter.register_structure_hook_func(lambda t: isinstance(t, type) and issubclass(t, enum.Enum), _structure_enum)
     converter.register_unstructure_hook(Duration, format_duration)
     converter.register_unstructure_hook(ByteSize, str)
-    converter.register_unstructure_hook_func(lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda e: e.value)
+    converter.register_unstructure_hook_func(
+        lambda t: isinstance(t, type) and issubclass(t, enum.Enum), lambda e: e.value
+    )
     return converter
 
 
@@ -230,6 +236,7 @@ def expand_env(data: Any, environ: MappingABC[str, str], path: str = "") -> tupl
     """Replace ``${VAR}`` (or ``${VAR:-default}``) in every string; ``$$`` is a literal ``$``."""
     problems: list[str] = []
     if isinstance(data, str):
+
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
             if name is None:
@@ -279,25 +286,30 @@ def resolve_config_path(cli_path: str | None, environ: MappingABC[str, str]) -> 
 
 
 def read_toml(path: Path) -> dict[str, Any]:
+    problem = None
     try:
         with path.open("rb") as handle:
             return tomllib.load(handle)
     except FileNotFoundError:
-        raise ConfigError([f"{path}: no such file"]) from None
+        problem = "no such file"
     except PermissionError:
-        raise ConfigError([f"{path}: permission denied"]) from None
+        problem = "permission denied"
     except IsADirectoryError:
-        raise ConfigError([f"{path}: is a directory, not a config file"]) from None
+        problem = "is a directory, not a config file"
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError([f"{path}: invalid TOML: {exc}"]) from None
+        problem = f"invalid TOML: {exc}"
     except UnicodeDecodeError:
-        raise ConfigError([f"{path}: not UTF-8 text"]) from None
+        problem = "not UTF-8 text"
+    raise ConfigError([problem], source=str(path))
 
 
 def load_config(path: Path | None, catalog: PluginCatalog, environ: MappingABC[str, str] | None = None) -> Config:
     """Read, expand and validate a config file (None: built-in defaults). Raises ConfigError."""
     data = read_toml(path) if path is not None else {}
-    return build_config(data, catalog, os.environ if environ is None else environ, path)
+    try:
+        return build_config(data, catalog, os.environ if environ is None else environ, path)
+    except ConfigError as error:
+        raise ConfigError(error.problems, source=str(path) if path else None) from None
 
 
 def build_config(
@@ -318,7 +330,7 @@ def build_config(
         sections = {}
     default_queue = agent.queue_size if agent else AgentConfig().queue_size
     for name, section in sections.items():
-        active = _collect(problems, lambda: _resolve_consumer(name, section, catalog, default_queue))
+        active = _collect(problems, lambda n=name, s=section: _resolve_consumer(n, s, catalog, default_queue))
         if active is not None:
             consumers.append(active)
     if problems:
@@ -358,8 +370,7 @@ def _missing_type_message(type_name: str, catalog: PluginCatalog) -> str:
     if type_name in catalog.load_errors:
         return f"consumer type '{type_name}' failed to load: {catalog.load_errors[type_name]}"
     return (
-        f"consumer type '{type_name}' is not installed: pip install antiprof-{type_name}"
-        f" (installed types: {installed})"
+        f"consumer type '{type_name}' is not installed: pip install antiprof-{type_name} (installed types: {installed})"
     )
 
 

@@ -7,7 +7,8 @@ Raw addresses live next to names on purpose: perf.data wants raw IPs and mapping
 from __future__ import annotations
 
 import enum
-from collections.abc import Iterator, Mapping as MappingABC
+from collections.abc import Iterator
+from collections.abc import Mapping as MappingABC
 
 from attrs import field, frozen
 

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import Iterable, Mapping as MappingABC
+from collections.abc import Iterable
+from collections.abc import Mapping as MappingABC
 from typing import Any
 
 import pluggy
@@ -78,7 +79,7 @@ def load_plugins(environ: MappingABC[str, str] | None = None) -> LoadedPlugins:
         try:
             module = entry_point.load()
             manager.register(module, name=entry_point.name)
-        except Exception as exc:  # noqa: BLE001 - one broken plugin must not stop the others
+        except Exception as exc:
             infos.append(PluginInfo(**common, error=f"{type(exc).__name__}: {exc}"))
             continue
         infos.append(PluginInfo(**common))
@@ -117,7 +118,7 @@ def _collect_types(manager: pluggy.PluginManager) -> _FoundTypes:
         registered: list[ConsumerType[Any]] = []
         try:
             plugin.antiprof_register_consumers(register=registered.append)
-        except Exception as exc:  # noqa: BLE001
+        except Exception as exc:
             errors[plugin_name] = f"antiprof_register_consumers failed: {type(exc).__name__}: {exc}"
             continue
         for consumer_type in registered:

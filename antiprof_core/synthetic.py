@@ -76,8 +76,17 @@ def synthetic_window(
     frame_pools: dict[int, list[Frame]] = {}
     for index in range(processes):
         pid = 1000 + index
-        exe = Mapping(_EXE_BASE, _EXE_BASE + 0x10_0000, 0x1000, f"/usr/bin/synthetic_app_{index}", f"{index:040x}", 100 + index)
-        lib = Mapping(_LIB_BASE, _LIB_BASE + 0x20_0000, 0x2000, f"/usr/lib/libsynthetic_{library}.so", f"{0xABC + library:040x}", 50)
+        exe = Mapping(
+            _EXE_BASE, _EXE_BASE + 0x10_0000, 0x1000, f"/usr/bin/synthetic_app_{index}", f"{index:040x}", 100 + index
+        )
+        lib = Mapping(
+            _LIB_BASE,
+            _LIB_BASE + 0x20_0000,
+            0x2000,
+            f"/usr/lib/libsynthetic_{library}.so",
+            f"{0xABC + library:040x}",
+            50,
+        )
         procs[pid] = Process(pid, f"synthetic_{index}", exe.path, (exe.path, "--synthetic"), None, (exe, lib))
         frame_pools[pid] = _functions(rng, exe, FrameKind.NATIVE, f"synthetic_app_{index}_fn") + _functions(
             rng, lib, FrameKind.NATIVE, f"synthetic_lib_{library}_fn"

@@ -22,8 +22,8 @@ from antiprof_core.synthetic import synthetic_host, synthetic_window
 
 __all__ = [
     "make_consumer",
-    "require_bpf",
     "plugin_manager",
+    "require_bpf",
     "run_consumer",
     "synthetic_context",
     "synthetic_host",
@@ -48,7 +48,9 @@ def synthetic_context(name: str = "test", host: Host | None = None) -> ConsumerC
     )
 
 
-def make_consumer(plugin: object, type_name: str, options: dict[str, Any] | None = None, name: str | None = None) -> Consumer:
+def make_consumer(
+    plugin: object, type_name: str, options: dict[str, Any] | None = None, name: str | None = None
+) -> Consumer:
     """Build a consumer the way the agent does: the plugin's hook, its config class, its factory.
 
     ``options`` is the ``[consumers.NAME]`` table as TOML would give it; it is validated strictly.

@@ -8,9 +8,17 @@ _DURATION_UNITS = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h":
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h|d)")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB|kB|KB|MB|GB|TB)?")
 _SIZE_UNITS = {
-    None: 1, "B": 1,
-    "KiB": 1 << 10, "MiB": 1 << 20, "GiB": 1 << 30, "TiB": 1 << 40,
-    "kB": 1000, "KB": 1000, "MB": 1000**2, "GB": 1000**3, "TB": 1000**4,
+    None: 1,
+    "B": 1,
+    "KiB": 1 << 10,
+    "MiB": 1 << 20,
+    "GiB": 1 << 30,
+    "TiB": 1 << 40,
+    "kB": 1000,
+    "KB": 1000,
+    "MB": 1000**2,
+    "GB": 1000**3,
+    "TB": 1000**4,
 }
 
 
@@ -33,7 +41,9 @@ def parse_duration(text: str) -> Duration:
     cleaned = text.strip().replace(" ", "")
     parts = _DURATION_PART.findall(cleaned)
     if not cleaned or "".join(n + u for n, u in parts) != cleaned:
-        raise ValueError(f"invalid duration {text!r}: use a number and a unit (ns, us, ms, s, m, h, d), e.g. '10s' or '1h30m'")
+        raise ValueError(
+            f"invalid duration {text!r}: use a number and a unit (ns, us, ms, s, m, h, d), e.g. '10s' or '1h30m'"
+        )
     return Duration(sum(float(n) * _DURATION_UNITS[u] for n, u in parts))
 
 
@@ -49,7 +59,9 @@ def parse_size(text: str) -> ByteSize:
     """'100MiB' -> 104857600. Raises ValueError with a message fit for the user."""
     match = _SIZE.fullmatch(text.strip())
     if match is None:
-        raise ValueError(f"invalid size {text!r}: use a number and a unit (B, KiB, MiB, GiB, kB, MB, GB), e.g. '100MiB'")
+        raise ValueError(
+            f"invalid size {text!r}: use a number and a unit (B, KiB, MiB, GiB, kB, MB, GB), e.g. '100MiB'"
+        )
     number, unit = match.groups()
     return ByteSize(int(float(number) * _SIZE_UNITS[unit]))
 

@@ -1,0 +1,127 @@
+"""The agent's life: build consumers and the source, publish one window per interval, shut down cleanly."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+from prometheus_client import CollectorRegistry
+
+from antiprof_core.config import Config
+from antiprof_core.consumer import Consumer, ConsumerContext
+from antiprof_core.host import read_host
+from antiprof_core.model import Host
+from antiprof_core.router import ConsumerStats, Router
+from antiprof_core.source import SourceUnavailable, WindowSource, make_source
+
+EXIT_OK = 0
+EXIT_FAILURE = 1
+
+
+class AgentError(Exception):
+    """A fatal start-up or run-time failure; the message is one line for the user."""
+
+
+class Agent:
+    """Runs until ``stop()`` (signals call it) or until ``duration`` seconds have passed."""
+
+    def __init__(
+        self,
+        config: Config,
+        logger: logging.Logger | None = None,
+        extra_consumers: Sequence[tuple[str, Consumer]] = (),
+        host: Host | None = None,
+    ) -> None:
+        self.config = config
+        self.logger = logger or logging.getLogger("antiprof")
+        self.metrics = CollectorRegistry()
+        self.host = host or read_host(config.agent.node_name, config.agent.cluster_name)
+        self.router = Router(self.logger, self.metrics)
+        self._extra = extra_consumers
+        self._stop = threading.Event()
+        self.windows_published = 0
+        self.stats: Sequence[ConsumerStats] = ()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _build_consumers(self) -> None:
+        for active in self.config.consumers:
+            context = ConsumerContext(
+                name=active.name,
+                host=self.host,
+                logger=self.logger.getChild(f"consumer.{active.name}"),
+                metrics=self.metrics,
+            )
+            try:
+                consumer = active.type.factory(active.config, context)
+            except Exception as exc:
+                raise AgentError(
+                    f"consumers.{active.name}: cannot create '{active.type.name}' consumer: {exc}"
+                ) from exc
+            self.router.add(active.name, consumer, active.queue_size)
+        for name, consumer in self._extra:
+            self.router.add(name, consumer, self.config.agent.queue_size)
+
+    def run(self, duration: float | None = None) -> int:
+        """Returns the exit code; raises AgentError for a fatal start-up problem."""
+        self._build_consumers()
+        if not self.router.workers:
+            self.logger.warning("no consumers are configured: windows are sampled and discarded")
+        source = make_source(self.config.sampler, self.host, self.logger.getChild("sampler"))
+        try:
+            source.start()
+        except SourceUnavailable as exc:
+            raise AgentError(str(exc)) from exc
+        self.router.start()
+        self.logger.info(
+            "sampling at %d Hz, %s windows, to %s",
+            self.config.sampler.frequency_hz,
+            self.config.sampler.window,
+            ", ".join(w.name for w in self.router.workers) or "nowhere",
+        )
+        code = self._publish_windows(source, duration)
+        self.stats = self.router.shutdown(self.config.agent.shutdown_timeout)
+        for stats in self.stats:
+            self.logger.info(
+                "consumer '%s': %d delivered, %d dropped, %d errors",
+                stats.name,
+                stats.delivered,
+                stats.dropped,
+                stats.errors,
+            )
+        return code
+
+    def _publish_windows(self, source: WindowSource, duration: float | None) -> int:
+        interval = float(self.config.sampler.window)
+        started = time.monotonic()
+        end = started + duration if duration is not None else None
+        next_boundary = started + interval
+        code = EXIT_OK
+        try:
+            while True:
+                wake = next_boundary if end is None else min(next_boundary, end)
+                if self._stop.wait(max(wake - time.monotonic(), 0.0)):
+                    break
+                if end is not None and time.monotonic() >= end:
+                    break
+                self._publish(source)
+                next_boundary += interval
+            self._publish(source)  # the last, partial window
+        except Exception as exc:
+            self.logger.error("sampler failed: %s: %s", type(exc).__name__, exc)
+            self.logger.debug("sampler traceback", exc_info=True)
+            code = EXIT_FAILURE
+        finally:
+            try:
+                source.close()
+            except Exception as exc:
+                self.logger.error("sampler failed to close: %s", exc)
+        return code
+
+    def _publish(self, source: WindowSource) -> None:
+        window = source.collect()
+        self.router.publish(window)
+        self.windows_published += 1

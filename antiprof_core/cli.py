@@ -1,0 +1,273 @@
+"""The ``antiprof`` command line. Exit codes: 0 done, 1 run-time failure, 2 bad usage or config."""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import signal
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+import tomli_w
+from rich.console import Console
+from rich.table import Table
+
+from antiprof_core import __version__
+from antiprof_core.agent import Agent, AgentError
+from antiprof_core.config import (
+    Config,
+    ConfigError,
+    build_config,
+    config_to_dict,
+    load_config,
+    resolve_config_path,
+)
+from antiprof_core.logs import configure_logging
+from antiprof_core.plugins import LoadedPlugins, load_plugins
+from antiprof_core.summary import HottestFunctions
+from antiprof_core.units import Duration, parse_duration
+
+EXIT_USAGE = 2
+DEFAULT_RECORD_DIR = "./antiprof-data"
+
+stdout = Console(soft_wrap=True)
+
+
+class DurationParam(click.ParamType):
+    name = "duration"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Duration:
+        if isinstance(value, Duration):
+            return value
+        try:
+            return parse_duration(str(value))
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+
+
+def _fail(lines: list[str], code: int) -> None:
+    for line in lines:
+        click.echo(f"antiprof: {line}", err=True)
+    sys.exit(code)
+
+
+def _load(config_path: str | None, plugins: LoadedPlugins) -> Config:
+    path = resolve_config_path(config_path, os.environ)
+    try:
+        if path is None:  # built-in defaults: print windows as JSON lines, so a bare run shows something
+            data = {"consumers": {"json": {"path": "-"}}} if "json" in plugins.types else {}
+            return build_config(data, plugins.catalog, os.environ)
+        return load_config(path, plugins.catalog)
+    except ConfigError as error:
+        _fail(error.lines(), EXIT_USAGE)
+        raise  # unreachable
+
+
+def _log_options(function: Any) -> Any:
+    function = click.option(
+        "--log-level", type=click.Choice(["debug", "info", "warning", "error"]), default="info", show_default=True
+    )(function)
+    return click.option(
+        "--log-format",
+        type=click.Choice(["text", "json"]),
+        default="text",
+        show_default=True,
+        help="Logs go to stderr; json writes one object per line.",
+    )(function)
+
+
+def _run_agent(agent: Agent, duration: float | None) -> int:
+    def on_signal(signum: int, _frame: Any) -> None:
+        agent.logger.info("%s received: delivering the last window and shutting down", signal.Signals(signum).name)
+        agent.stop()
+        for sig in (signal.SIGINT, signal.SIGTERM):  # a second signal ends the process at once
+            signal.signal(sig, signal.SIG_DFL)
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, on_signal)
+    try:
+        return agent.run(duration)
+    except AgentError as exc:
+        _fail([f"error: {exc}"], 1)
+        raise  # unreachable
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="antiprof")
+def main() -> None:
+    """antiprof: a continuous CPU profiler for Linux (eBPF sampling, plugin sinks)."""
+
+
+@main.command()
+@click.option(
+    "-c",
+    "--config",
+    "config_path",
+    metavar="FILE",
+    help="Config file [default: $ANTIPROF_CONFIG, else /etc/antiprof/antiprof.toml if present]",
+)
+@click.option("--duration", type=DurationParam(), help="Stop after this long (e.g. 30s); default: until a signal.")
+@_log_options
+def run(config_path: str | None, duration: Duration | None, log_format: str, log_level: str) -> None:
+    """Run the agent until SIGINT/SIGTERM or the duration ends."""
+    logger = configure_logging(log_format, log_level)
+    plugins = load_plugins()
+    config = _load(config_path, plugins)
+    sys.exit(_run_agent(Agent(config, logger), duration))
+
+
+@main.command()
+@click.option("-d", "--duration", type=DurationParam(), default="10s", show_default=True)
+@click.option(
+    "-F",
+    "--frequency",
+    type=click.IntRange(1, 10_000),
+    default=99,
+    show_default=True,
+    help="Samples per second per CPU.",
+)
+@click.option("-p", "--pid", "pids", type=click.IntRange(1), multiple=True, help="Only this process (repeatable).")
+@click.option("-o", "--output", "output_dir", default=DEFAULT_RECORD_DIR, show_default=True, metavar="DIR")
+@click.option(
+    "--source",
+    type=click.Choice(["bpf", "synthetic"]),
+    default="bpf",
+    show_default=True,
+    help="synthetic: seeded made-up stacks, for demos without BPF.",
+)
+@click.option("--top", type=click.IntRange(1), default=20, show_default=True, help="How many functions to print.")
+@_log_options
+def record(
+    duration: Duration,
+    frequency: int,
+    pids: tuple[int, ...],
+    output_dir: str,
+    source: str,
+    top: int,
+    log_format: str,
+    log_level: str,
+) -> None:
+    """Profile now, write to the default sinks in DIR, then print the hottest functions."""
+    logger = configure_logging(log_format, log_level)
+    plugins = load_plugins()
+    out = Path(output_dir)
+    consumers: dict[str, dict[str, Any]] = {}
+    if "perfdata" in plugins.types:
+        consumers["perfdata"] = {"output_dir": str(out)}
+    if "json" in plugins.types:
+        consumers["json"] = {"path": str(out / "antiprof.jsonl")}
+    data = {
+        "sampler": {
+            "source": source,
+            "frequency_hz": frequency,
+            "pids": list(pids),
+            "window": str(Duration(min(float(duration), 10.0))),
+        },
+        "consumers": consumers,
+    }
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        config = build_config(data, plugins.catalog, os.environ)
+    except ConfigError as error:
+        _fail(error.lines(), EXIT_USAGE)
+    except OSError as exc:
+        _fail([f"{out}: cannot create the output directory: {exc.strerror}"], 1)
+    summary = HottestFunctions()
+    code = _run_agent(Agent(config, logger, extra_consumers=[("summary", summary)]), float(duration))
+    _print_hottest(summary, top)
+    for perf_file in sorted(glob.glob(str(out / "*.perf.data"))):
+        stdout.print(f"perf.data written: [bold]perf report -i {perf_file}[/bold]")
+    if "json" in consumers:
+        stdout.print(f"JSON lines written: {consumers['json']['path']}")
+    sys.exit(code)
+
+
+def _print_hottest(summary: HottestFunctions, limit: int) -> None:
+    if not summary.samples:
+        stdout.print("No samples were recorded.")
+        return
+    table = Table(title=f"Hottest functions ({summary.samples} samples)")
+    for column in ("Self", "Total", "Samples", "Function", "Module"):
+        table.add_column(column, justify="right" if column in ("Self", "Total", "Samples") else "left")
+    for cost in summary.top(limit):
+        table.add_row(
+            f"{100 * cost.self_samples / summary.samples:.1f}%",
+            f"{100 * cost.total_samples / summary.samples:.1f}%",
+            str(cost.self_samples),
+            cost.function,
+            cost.module,
+        )
+    stdout.print(table)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def plugins(as_json: bool) -> None:
+    """List installed plugins, their versions, consumer types and load errors."""
+    loaded = load_plugins()
+    rows = [
+        {
+            "name": info.name,
+            "distribution": info.distribution,
+            "version": info.version,
+            "consumer_types": list(info.consumer_types),
+            "status": "disabled" if info.disabled else "error" if info.error else "ok",
+            "error": info.error,
+        }
+        for info in loaded.plugins
+    ]
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    table = Table(title="antiprof plugins")
+    for column in ("Plugin", "Distribution", "Version", "Consumer types", "Status"):
+        table.add_column(column)
+    for row in rows:
+        status = row["status"] if row["status"] != "error" else f"[red]error: {row['error']}[/red]"
+        table.add_row(
+            row["name"], row["distribution"] or "", row["version"] or "", ", ".join(row["consumer_types"]), status
+        )
+    stdout.print(table)
+
+
+@main.group()
+def config() -> None:
+    """Validate or print a config file."""
+
+
+@config.command("check")
+@click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
+def config_check(file: Path) -> None:
+    """Validate FILE against the installed plugins; one line per problem, exit 2 if any."""
+    loaded = load_plugins()
+    try:
+        checked = load_config(file, loaded.catalog)
+    except ConfigError as error:
+        _fail(error.lines(), EXIT_USAGE)
+    names = ", ".join(f"{c.name} ({c.type.name})" for c in checked.consumers) or "none"
+    click.echo(f"{file}: ok; consumers: {names}")
+
+
+@config.command("show")
+@click.argument("file", required=False, type=click.Path(dir_okay=True, path_type=Path))
+def config_show(file: Path | None) -> None:
+    """Print the effective config (FILE, or the default one) with every default filled in, as TOML."""
+    loaded = load_plugins()
+    effective = _load(str(file) if file else None, loaded)
+    click.echo(tomli_w.dumps(_without_none(config_to_dict(effective))), nl=False)
+
+
+def _without_none(value: Any) -> Any:
+    """TOML has no null: leave unset optional keys out."""
+    if isinstance(value, dict):
+        return {k: _without_none(v) for k, v in value.items() if v is not None}
+    if isinstance(value, list):
+        return [_without_none(v) for v in value]
+    return value
+
+
+if __name__ == "__main__":
+    main()

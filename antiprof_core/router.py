@@ -1,0 +1,172 @@
+"""Fan-out of windows to consumers: one thread and one bounded queue per consumer.
+
+The sampler must never wait on a sink, so ``publish`` only appends to in-memory queues. When a
+consumer falls behind, its own oldest window is dropped and counted; the others are unaffected.
+A consumer that raises is logged with its name and counted, and it gets the next window anyway.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import threading
+import time
+from collections.abc import Sequence
+
+import attrs
+from attrs import frozen
+from prometheus_client import CollectorRegistry, Counter
+
+from antiprof_core.consumer import Consumer
+from antiprof_core.model import ProfileWindow
+
+
+@frozen
+class ConsumerStats:
+    name: str
+    delivered: int
+    dropped: int
+    errors: int
+    finished: bool  # flushed and closed within the shutdown deadline
+
+
+class _Metrics:
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.delivered = Counter(
+            "antiprof_windows_delivered", "Windows a consumer processed", ["consumer"], registry=registry
+        )
+        self.dropped = Counter(
+            "antiprof_windows_dropped",
+            "Windows dropped because a consumer's queue was full",
+            ["consumer"],
+            registry=registry,
+        )
+        self.errors = Counter(
+            "antiprof_consumer_errors", "Exceptions raised by a consumer", ["consumer"], registry=registry
+        )
+
+
+class ConsumerWorker:
+    """Owns one consumer: its queue, its thread, and its counts."""
+
+    def __init__(self, name: str, consumer: Consumer, queue_size: int, logger: logging.Logger, metrics: _Metrics):
+        self.name = name
+        self.consumer = consumer
+        self._queue: collections.deque[ProfileWindow] = collections.deque()
+        self._queue_size = queue_size
+        self._ready = threading.Condition()
+        self._stopping = False
+        self._logger = logger
+        self._metrics = metrics
+        self._thread = threading.Thread(target=self._run, name=f"consumer-{name}", daemon=True)
+        self.delivered = 0
+        self.dropped = 0
+        self.errors = 0
+        self._reported_drops = 0
+        self._deadline = 0.0  # time.monotonic() by which flush and close should be done
+        self.finished = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def publish(self, window: ProfileWindow) -> None:
+        """Never blocks: a full queue loses its oldest window."""
+        with self._ready:
+            if len(self._queue) >= self._queue_size:
+                self._queue.popleft()
+                self.dropped += 1
+                self._metrics.dropped.labels(self.name).inc()
+            self._queue.append(window)
+            self._ready.notify()
+
+    def stop(self, deadline: float) -> None:
+        """Ask the thread to deliver what is queued, then flush and close by ``deadline`` (monotonic)."""
+        with self._ready:
+            self._stopping = True
+            self._deadline = deadline
+            self._ready.notify()
+
+    @property
+    def queued(self) -> int:
+        return len(self._queue)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+    def _next(self) -> ProfileWindow | None:
+        with self._ready:
+            while not self._queue and not self._stopping:
+                self._ready.wait()
+            if not self._queue:
+                return None
+            window = self._queue.popleft()
+            drops = self.dropped
+        if drops != self._reported_drops:  # tell the consumer how many windows it has lost so far
+            window = attrs.evolve(window, counters=attrs.evolve(window.counters, windows_dropped=drops))
+            self._reported_drops = drops
+        return window
+
+    def _run(self) -> None:
+        if not self._call("start", self.consumer.start):
+            self._logger.error("consumer '%s' failed to start; its windows are dropped", self.name)
+            with self._ready:
+                self._queue.clear()
+            return
+        while (window := self._next()) is not None:
+            if self._call("consume", lambda w=window: self.consumer.consume(w)):
+                self.delivered += 1
+                self._metrics.delivered.labels(self.name).inc()
+        self._call("flush", lambda: self.consumer.flush(max(self._deadline - time.monotonic(), 0.0)))
+        self._call("close", self.consumer.close)
+        self.finished = True
+
+    def _call(self, what: str, action: object) -> bool:
+        try:
+            action()  # type: ignore[operator]
+        except Exception as exc:
+            self.errors += 1
+            self._metrics.errors.labels(self.name).inc()
+            self._logger.error("consumer '%s' %s failed: %s: %s", self.name, what, type(exc).__name__, exc)
+            self._logger.debug("consumer '%s' %s traceback", self.name, what, exc_info=True)
+            return False
+        return True
+
+    def stats(self) -> ConsumerStats:
+        return ConsumerStats(self.name, self.delivered, self.dropped, self.errors, self.finished)
+
+
+class Router:
+    def __init__(self, logger: logging.Logger, registry: CollectorRegistry | None = None) -> None:
+        self._logger = logger
+        self._metrics = _Metrics(registry or CollectorRegistry())
+        self.workers: list[ConsumerWorker] = []
+
+    def add(self, name: str, consumer: Consumer, queue_size: int = 8) -> None:
+        self.workers.append(ConsumerWorker(name, consumer, queue_size, self._logger, self._metrics))
+
+    def start(self) -> None:
+        for worker in self.workers:
+            worker.start()
+
+    def publish(self, window: ProfileWindow) -> None:
+        for worker in self.workers:
+            worker.publish(window)
+
+    def shutdown(self, timeout: float) -> Sequence[ConsumerStats]:
+        """Deliver what is queued, then flush and close every consumer, all within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
+        for worker in self.workers:
+            worker.stop(deadline)
+        for worker in self.workers:
+            worker.join(max(deadline - time.monotonic(), 0.0))
+            if not worker.finished:
+                self._logger.error(
+                    "consumer '%s' did not flush and close within %.1fs; abandoned with %d window(s) queued",
+                    worker.name,
+                    timeout,
+                    worker.queued,
+                )
+        return [worker.stats() for worker in self.workers]
+
+    def stats(self) -> Sequence[ConsumerStats]:
+        return [worker.stats() for worker in self.workers]

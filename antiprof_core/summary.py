@@ -1,0 +1,53 @@
+"""The hottest functions of a run, for ``antiprof record``: an in-process consumer and a table."""
+
+from __future__ import annotations
+
+import collections
+import os
+import threading
+
+from attrs import frozen
+
+from antiprof_core.consumer import Consumer
+from antiprof_core.model import Frame, ProfileWindow
+
+
+@frozen
+class FunctionCost:
+    function: str
+    module: str
+    self_samples: int
+    total_samples: int
+
+
+def frame_label(frame: Frame) -> tuple[str, str]:
+    """(function, module) as a person reads them; unnamed frames keep their address."""
+    module = os.path.basename(frame.mapping.path) if frame.mapping else frame.kind.value
+    return (frame.symbol or f"[unknown] {frame.address:#x}", module)
+
+
+class HottestFunctions(Consumer):
+    """Adds up self (leaf) and total (anywhere on the stack) samples per function."""
+
+    name = "summary"
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._self: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._total: collections.Counter[tuple[str, str]] = collections.Counter()
+        self.samples = 0
+
+    def consume(self, window: ProfileWindow) -> None:
+        with self._lock:
+            for sample in window.samples:
+                if not sample.stack:
+                    continue
+                self.samples += sample.count
+                self._self[frame_label(sample.stack[0])] += sample.count
+                for label in {frame_label(frame) for frame in sample.stack}:
+                    self._total[label] += sample.count
+
+    def top(self, limit: int = 20) -> list[FunctionCost]:
+        with self._lock:
+            ranked = sorted(self._total, key=lambda key: (-self._self[key], -self._total[key], key))
+            return [FunctionCost(f, m, self._self[(f, m)], self._total[(f, m)]) for f, m in ranked[:limit]]
