@@ -21,6 +21,7 @@ from antiprof_core.plugins import consumer_types, new_plugin_manager, register_m
 from antiprof_core.synthetic import synthetic_host, synthetic_window
 
 __all__ = [
+    "antiprof_command",
     "make_consumer",
     "plugin_manager",
     "require_bpf",
@@ -93,3 +94,10 @@ def require_bpf() -> None:
     if os.environ.get(REQUIRE_BPF_ENV) == "1":
         pytest.fail(f"real eBPF is required ({REQUIRE_BPF_ENV}=1) but unavailable: {reason}")
     pytest.skip(f"real eBPF unavailable: {reason}")
+
+
+def antiprof_command(*args: str) -> list[str]:
+    """argv that runs the ``antiprof`` command of this Python environment, for subprocess tests."""
+    import sys
+
+    return [sys.executable, "-m", "antiprof_core.cli", *args]

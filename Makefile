@@ -1,0 +1,41 @@
+# Two commands do everything on a fresh Debian 12 machine, as root:
+#   make run    set up, then run the agent on examples/antiprof.toml
+#   make test   set up, then lint and run the whole test suite
+VENV   := .venv
+BIN    := $(VENV)/bin
+PLUGINS := $(wildcard plugins/antiprof-*)
+STAMP  := $(VENV)/.installed
+
+.PHONY: setup system run test lint pytest bench clean
+
+setup: system $(STAMP)
+
+system:
+	bash scripts/setup-system.sh
+
+$(VENV)/bin/python:
+	/usr/bin/python3 -m venv --system-site-packages $(VENV)
+
+# Reinstall when any pyproject changes; editable installs pick up code changes by themselves.
+$(STAMP): $(VENV)/bin/python pyproject.toml $(wildcard plugins/*/pyproject.toml)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]' $(foreach p,$(PLUGINS),-e '$(p)[test]')
+	touch $@
+
+run: setup
+	$(BIN)/antiprof run -c examples/antiprof.toml
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/mypy antiprof_core $(foreach p,$(PLUGINS),$(wildcard $(p)/antiprof_*))
+
+pytest: setup
+	$(BIN)/pytest
+
+test: lint pytest
+
+bench: setup
+	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) antiprof-data .pytest_cache .mypy_cache .ruff_cache
