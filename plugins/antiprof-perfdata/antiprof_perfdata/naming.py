@@ -1,0 +1,33 @@
+"""File names ``antiprof-<host>-<UTC start>.perf.data`` and recognising this sink's own files."""
+
+from __future__ import annotations
+
+import re
+import time
+from pathlib import Path
+
+SUFFIX = ".perf.data"
+_UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
+_STAMP = "%Y%m%dT%H%M%SZ"
+
+
+def safe_host(hostname: str) -> str:
+    return _UNSAFE.sub("_", hostname) or "unknown"
+
+
+def file_name(hostname: str, start_ns: int, sequence: int = 0) -> str:
+    """``sequence`` > 0 tells apart files started within the same second."""
+    stamp = time.strftime(_STAMP, time.gmtime(start_ns // 1_000_000_000))
+    extra = f"-{sequence}" if sequence else ""
+    return f"antiprof-{safe_host(hostname)}-{stamp}{extra}{SUFFIX}"
+
+
+def own_files(directory: Path, hostname: str) -> list[Path]:
+    """This host's antiprof files in ``directory``, oldest first; anything else is left alone."""
+    pattern = re.compile(rf"antiprof-{re.escape(safe_host(hostname))}-(\d{{8}}T\d{{6}}Z)(?:-(\d+))?{re.escape(SUFFIX)}")
+    found = []
+    for entry in directory.iterdir():
+        match = pattern.fullmatch(entry.name)
+        if match and entry.is_file() and not entry.is_symlink():
+            found.append((match.group(1), int(match.group(2) or 0), entry))
+    return [entry for _, _, entry in sorted(found)]

@@ -1,0 +1,190 @@
+"""Writing perf.data: a crash-safe file (``PerfDataFile``) or a pipe-format stream (``PerfDataPipe``).
+
+No BPF here: anything that holds a ``ProfileWindow`` can write one. The file is valid after every
+window. Appending first clears the header's feature bitmap (the features at the old data end are
+about to be overwritten), then writes the records and the new feature block, and only then
+publishes the new data size and bitmap in one 104-byte ``pwrite``. A SIGKILL at any moment leaves
+either the previous window's state or the new one, which ``perf report`` reads.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import BinaryIO
+
+from antiprof_core.model import Host, ProfileWindow
+from antiprof_perfdata import features, layout
+from antiprof_perfdata.encoder import EncodedWindow, RecordEncoder
+
+ATTRS_OFFSET = layout.FILE_HEADER.size
+ATTR_ENTRY_SIZE = layout.ATTR_SIZE_VER0 + layout.FILE_SECTION.size
+DATA_OFFSET = ATTRS_OFFSET + ATTR_ENTRY_SIZE
+FILE_MODE = 0o600
+OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+DEFAULT_VERSION = "antiprof-perfdata 0.1.0"
+
+
+class PerfDataFile:
+    """A perf.data file being written, one window at a time, readable after each ``write``."""
+
+    def __init__(
+        self,
+        path: Path,
+        host: Host,
+        frequency_hz: int,
+        command_line: Sequence[str] = (),
+        version: str = DEFAULT_VERSION,
+        expand_counts: bool = False,
+    ) -> None:
+        """Create ``path`` (0600, O_EXCL, O_NOFOLLOW: never an existing file or a symlink)."""
+        self.path = path
+        self.frequency_hz = frequency_hz
+        self.encoder = RecordEncoder(expand_counts)
+        self._host_features = features.host_features(host, command_line, version)
+        self._event_desc = features.event_desc(frequency_hz)
+        self._data_size = 0
+        self._fd = os.open(path, OPEN_FLAGS, FILE_MODE)
+        try:
+            attrs = features.attr_bytes(frequency_hz) + layout.FILE_SECTION.pack(0, 0)
+            os.pwrite(self._fd, self._header(0, (0, 0, 0, 0)) + attrs, 0)
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def size(self) -> int:
+        """Bytes on disk once the current state is published (records and features)."""
+        return DATA_OFFSET + self._data_size + len(self._features_block()[0])
+
+    @property
+    def windows(self) -> int:
+        return self.encoder.windows
+
+    def encode(self, window: ProfileWindow) -> EncodedWindow:
+        """The records ``window`` would add to this file (to check its size before writing)."""
+        return self.encoder.encode(window)
+
+    def write(self, window: ProfileWindow | EncodedWindow) -> int:
+        """Append one window and publish it; returns the bytes of records added.
+
+        On an OSError nothing is published: the file still reads as before and the same window
+        (or the next) can be written again.
+        """
+        encoded = window if isinstance(window, EncodedWindow) else self.encoder.encode(window)
+        if self._data_size:
+            os.pwrite(self._fd, self._header(self._data_size, (0, 0, 0, 0)), 0)
+        end = DATA_OFFSET + self._data_size
+        try:
+            written = os.pwrite(self._fd, encoded.data, end)
+            if written != len(encoded.data):
+                raise OSError(f"short write ({written} of {len(encoded.data)} bytes)")
+            self.encoder.commit(encoded)
+        except OSError:
+            self._publish()  # put the old features back; they fit where they were
+            raise
+        self._data_size += len(encoded.data)
+        self._publish()
+        return len(encoded.data)
+
+    def close(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._fd = -1
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def _publish(self) -> None:
+        """Write the feature block at data end, then the header that points at it."""
+        end = DATA_OFFSET + self._data_size
+        block, bitmap = self._features_block()
+        if self._data_size == 0:
+            return
+        os.pwrite(self._fd, block, end)
+        os.ftruncate(self._fd, end + len(block))
+        os.pwrite(self._fd, self._header(self._data_size, bitmap), 0)
+
+    def _features_block(self) -> tuple[bytes, tuple[int, int, int, int]]:
+        payloads = dict(self._host_features)
+        payloads[layout.FEAT_EVENT_DESC] = self._event_desc
+        encoder = self.encoder
+        if encoder.first_ns is not None and encoder.last_ns is not None:
+            payloads[layout.FEAT_SAMPLE_TIME] = features.sample_time(encoder.first_ns, encoder.last_ns)
+        payloads[layout.FEAT_BUILD_ID] = features.build_id_table(encoder.build_ids.values())
+        return features.feature_section(payloads, DATA_OFFSET + self._data_size)
+
+    def _header(self, data_size: int, bitmap: tuple[int, int, int, int]) -> bytes:
+        return layout.FILE_HEADER.pack(
+            layout.MAGIC,
+            layout.FILE_HEADER.size,
+            ATTR_ENTRY_SIZE,
+            ATTRS_OFFSET,
+            ATTR_ENTRY_SIZE,
+            DATA_OFFSET,
+            data_size,
+            0,
+            0,
+            *bitmap,
+        )
+
+    def __enter__(self) -> PerfDataFile:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
+class PerfDataPipe:
+    """A pipe-format stream (``perf script -i -`` reads it): header, attr and features up front."""
+
+    def __init__(
+        self,
+        stream: BinaryIO,
+        host: Host,
+        frequency_hz: int,
+        command_line: Sequence[str] = (),
+        version: str = DEFAULT_VERSION,
+        expand_counts: bool = False,
+    ) -> None:
+        self.stream = stream
+        self.encoder = RecordEncoder(expand_counts)
+        attr = features.attr_bytes(frequency_hz)
+        parts = [
+            layout.PIPE_HEADER.pack(layout.MAGIC, layout.PIPE_HEADER.size),
+            layout.RECORD_HEADER.pack(layout.RECORD_HEADER_ATTR, 0, layout.RECORD_HEADER.size + len(attr)) + attr,
+        ]
+        for feature, payload in sorted(features.host_features(host, command_line, version).items()):
+            size = layout.FEATURE_RECORD.size + len(payload)
+            parts.append(layout.FEATURE_RECORD.pack(layout.RECORD_HEADER_FEATURE, 0, size, feature) + payload)
+        self._pending = b"".join(parts)  # sent with the first window, so a failed start loses nothing
+
+    @property
+    def windows(self) -> int:
+        return self.encoder.windows
+
+    def write(self, window: ProfileWindow) -> int:
+        """Send one window (build IDs first, then its records); returns the bytes sent."""
+        encoded = self.encoder.encode(window)
+        ids = b"".join(features.build_id_entry(entry, layout.RECORD_HEADER_BUILD_ID) for entry in encoded.build_ids)
+        data = self._pending + ids + encoded.data
+        self.stream.write(data)
+        self.stream.flush()
+        self._pending = b""
+        self.encoder.commit(encoded)
+        return len(data)
+
+
+def write_perf_data(
+    path: Path,
+    windows: Sequence[ProfileWindow],
+    command_line: Sequence[str] = (),
+    expand_counts: bool = False,
+) -> Path:
+    """Write ``windows`` (at least one; all from one host and frequency) to a new file at ``path``."""
+    first = windows[0]
+    with PerfDataFile(path, first.host, first.frequency_hz, command_line, expand_counts=expand_counts) as out:
+        for window in windows:
+            out.write(window)
+    return path
