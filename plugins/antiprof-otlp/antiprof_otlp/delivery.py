@@ -1,0 +1,307 @@
+"""Getting encoded windows to the endpoint: a bounded queue and one sender thread.
+
+The queue is bounded in windows and in bytes; a window that does not fit is dropped at once and
+counted (the ones already queued are older and keep their order). The sender works on the oldest
+window until each of its requests is delivered or refused for good: retryable codes are tried
+again with backoff for as long as it takes, so an endpoint that is down for a while loses nothing
+that fit in the queue. ``flush`` waits for the queue to empty; ``close`` gives up on the rest and
+says how much that was.
+"""
+
+from __future__ import annotations
+
+import collections
+import enum
+import logging
+import threading
+import time
+import weakref
+from typing import Any, ClassVar
+
+import grpc
+from attrs import frozen
+from prometheus_client import CollectorRegistry, Counter, Gauge
+
+from antiprof_otlp.channel import PreEncoded, open_channel, profiles_stub
+from antiprof_otlp.retry import RETRYABLE, Backoff, server_retry_delay
+from antiprof_otlp.settings import ExportSettings
+from antiprof_otlp.transform import EncodedRequest
+
+
+@frozen
+class Batch:
+    """One window's requests, queued and dropped together."""
+
+    requests: tuple[EncodedRequest, ...]
+    window_start_ns: int
+
+    @property
+    def size(self) -> int:
+        return sum(len(request.payload) for request in self.requests)
+
+    @property
+    def samples(self) -> int:
+        return sum(request.samples for request in self.requests)
+
+
+class Outcome(enum.Enum):
+    SENT = "sent"
+    REFUSED = "refused"  # a code that is not worth retrying
+    ABANDONED = "abandoned"  # shut down before it could be sent
+
+
+@frozen
+class DeliveryStats:
+    """Counts since start; the same numbers are exported as Prometheus metrics."""
+
+    windows_queued: int = 0
+    windows_sent: int = 0  # every request of the window accepted
+    windows_refused: int = 0  # at least one request refused for good
+    windows_dropped_queue_full: int = 0
+    windows_dropped_shutdown: int = 0
+    requests_sent: int = 0
+    requests_refused: int = 0
+    retries: int = 0
+    rejected_profiles: int = 0
+    bytes_sent: int = 0
+
+
+class _Metrics:
+    """One set of metrics per registry, labelled by consumer name (two otlp sinks can share it)."""
+
+    _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, _Metrics]] = weakref.WeakKeyDictionary()
+    _lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        def counter(name: str, doc: str, *labels: str) -> Counter:
+            return Counter(name, doc, ["consumer", *labels], registry=registry)
+
+        self.windows = counter("antiprof_otlp_windows", "Windows by what became of them", "outcome")
+        self.requests = counter("antiprof_otlp_requests", "Export calls by final outcome", "outcome")
+        self.retries = counter("antiprof_otlp_retries", "Export calls tried again", "code")
+        self.rejected_profiles = counter("antiprof_otlp_rejected_profiles", "partial_success.rejected_profiles")
+        self.bytes_sent = counter("antiprof_otlp_sent_bytes", "Request bytes delivered, before compression")
+        self.queue_bytes = Gauge("antiprof_otlp_queue_bytes", "Bytes waiting", ["consumer"], registry=registry)
+
+    @classmethod
+    def of(cls, registry: CollectorRegistry) -> _Metrics:
+        with cls._lock:
+            metrics = cls._by_registry.get(registry)
+            if metrics is None:
+                metrics = cls._by_registry[registry] = cls(registry)
+            return metrics
+
+
+class Sender:
+    def __init__(
+        self,
+        name: str,
+        settings: ExportSettings,
+        backoff: Backoff,
+        max_windows: int,
+        max_bytes: int,
+        logger: logging.Logger,
+        registry: CollectorRegistry,
+    ) -> None:
+        self.name = name
+        self._settings = settings
+        self._backoff = backoff
+        self._max_windows = max_windows
+        self._max_bytes = max_bytes
+        self._logger = logger
+        self._metrics = _Metrics.of(registry)
+        self._queue: collections.deque[Batch] = collections.deque()
+        self._queued_bytes = 0
+        self._head_progress = 0  # requests of the head batch already done
+        self._changed = threading.Condition()
+        self._closing = threading.Event()
+        self._deadline: float | None = None  # monotonic; set while flushing
+        self._inflight: grpc.Future | None = None
+        self._stats = {field.name: 0 for field in DeliveryStats.__attrs_attrs__}
+        self._channel: grpc.Channel | None = None
+        self._thread = threading.Thread(target=self._run, name=f"otlp-sender-{name}", daemon=True)
+
+    # --- the consumer's side ---------------------------------------------------------------
+
+    def start(self) -> None:
+        self._channel = open_channel(self._settings, (self._backoff.initial, self._backoff.maximum))
+        self._stub = profiles_stub(self._channel)
+        self._thread.start()
+
+    def offer(self, batch: Batch) -> bool:
+        """Queue the batch, or drop it (counted, logged) when the queue is full. Never blocks."""
+        size = batch.size
+        with self._changed:
+            full = len(self._queue) >= self._max_windows or self._queued_bytes + size > self._max_bytes
+            if full or self._closing.is_set():
+                self._count("windows_dropped_queue_full")
+                self._metrics.windows.labels(self.name, "dropped_queue_full").inc()
+                reason = (
+                    f"it alone is {size} bytes, over queue_bytes = {self._max_bytes}"
+                    if size > self._max_bytes
+                    else f"the queue is full ({len(self._queue)} windows, {self._queued_bytes} bytes)"
+                )
+                self._logger.warning(
+                    "otlp '%s': dropped the window starting at %d (%d samples): %s",
+                    self.name, batch.window_start_ns, batch.samples, reason,
+                )
+                return False
+            self._queue.append(batch)
+            self._queued_bytes += size
+            self._count("windows_queued")
+            self._metrics.queue_bytes.labels(self.name).set(self._queued_bytes)
+            self._changed.notify_all()
+            return True
+
+    def flush(self, timeout: float) -> bool:
+        """Wait until every queued window is delivered or refused; False if time ran out."""
+        deadline = time.monotonic() + max(timeout, 0.0)
+        with self._changed:
+            self._deadline = deadline
+            try:
+                while self._queue and not self._closing.is_set():
+                    left = deadline - time.monotonic()
+                    if left <= 0:
+                        return False
+                    self._changed.wait(left)
+                return not self._queue
+            finally:
+                self._deadline = None
+
+    def close(self) -> None:
+        """Stop the sender, then count and report what was still queued."""
+        self._closing.set()
+        with self._changed:
+            self._changed.notify_all()
+            inflight = self._inflight
+        if inflight is not None:
+            inflight.cancel()
+        if self._thread.is_alive():
+            self._thread.join(timeout=5.0)
+        with self._changed:
+            left = list(self._queue)
+            partly_sent = self._head_progress
+            self._queue.clear()
+            self._queued_bytes = 0
+            self._metrics.queue_bytes.labels(self.name).set(0)
+        if left:
+            samples = sum(batch.samples for batch in left) - sum(r.samples for r in left[0].requests[:partly_sent])
+            self._count("windows_dropped_shutdown", len(left))
+            self._metrics.windows.labels(self.name, "dropped_shutdown").inc(len(left))
+            self._logger.error(
+                "otlp '%s': shut down with %d window(s) (%d samples) not delivered to %s",
+                self.name, len(left), samples, self._settings.target,
+            )
+        if self._channel is not None:
+            self._channel.close()
+
+    def stats(self) -> DeliveryStats:
+        with self._changed:
+            return DeliveryStats(**self._stats)
+
+    # --- the sender thread -------------------------------------------------------------------
+
+    def _count(self, name: str, amount: int = 1) -> None:
+        self._stats[name] += amount
+
+    def _run(self) -> None:
+        while True:
+            with self._changed:
+                while not self._queue and not self._closing.is_set():
+                    self._changed.wait()
+                if self._closing.is_set():
+                    return
+                batch = self._queue[0]
+                start = self._head_progress
+            refused = False
+            for index in range(start, len(batch.requests)):
+                outcome = self._deliver(batch.requests[index])
+                if outcome is Outcome.ABANDONED:
+                    return
+                refused = refused or outcome is Outcome.REFUSED
+                with self._changed:
+                    self._head_progress = index + 1
+            with self._changed:
+                self._queue.popleft()
+                self._head_progress = 0
+                self._queued_bytes -= batch.size
+                self._count("windows_refused" if refused else "windows_sent")
+                self._metrics.windows.labels(self.name, "refused" if refused else "sent").inc()
+                self._metrics.queue_bytes.labels(self.name).set(self._queued_bytes)
+                self._changed.notify_all()
+
+    def _call_timeout(self) -> float:
+        timeout = self._settings.timeout
+        deadline = self._deadline
+        if deadline is not None:
+            timeout = min(timeout, max(deadline - time.monotonic(), 0.05))
+        return timeout
+
+    def _deliver(self, request: EncodedRequest) -> Outcome:
+        attempt = 0
+        while not self._closing.is_set():
+            future = self._stub.Export.future(
+                PreEncoded(request.payload),
+                timeout=self._call_timeout(),
+                metadata=self._settings.headers or None,
+            )
+            with self._changed:
+                self._inflight = future
+            if self._closing.is_set():
+                future.cancel()
+            try:
+                response: Any = future.result()
+            except grpc.RpcError as error:
+                code = error.code()  # type: ignore[attr-defined]
+                if self._closing.is_set():
+                    return Outcome.ABANDONED
+                if code not in RETRYABLE:
+                    with self._changed:
+                        self._count("requests_refused")
+                    self._metrics.requests.labels(self.name, "refused").inc()
+                    self._logger.error(
+                        "otlp '%s': %s refused a request (%d samples) with %s: %s; dropped, not retried",
+                        self.name, self._settings.target, request.samples, code.name, error.details(),  # type: ignore[attr-defined]
+                    )
+                    return Outcome.REFUSED
+                server_delay = server_retry_delay(error.trailing_metadata())  # type: ignore[attr-defined]
+                delay = server_delay if server_delay is not None else self._backoff.delay(attempt)
+                log = self._logger.warning if attempt == 0 else self._logger.debug
+                log(
+                    "otlp '%s': export to %s failed with %s (%s); retrying in %.2fs%s",
+                    self.name, self._settings.target, code.name, error.details(), delay,  # type: ignore[attr-defined]
+                    " as the server asked" if server_delay is not None else "",
+                )
+                attempt += 1
+                with self._changed:
+                    self._count("retries")
+                self._metrics.retries.labels(self.name, code.name).inc()
+                if self._closing.wait(delay):
+                    return Outcome.ABANDONED
+                continue
+            finally:
+                with self._changed:
+                    self._inflight = None
+            self._accepted(request, response, attempt)
+            return Outcome.SENT
+        return Outcome.ABANDONED
+
+    def _accepted(self, request: EncodedRequest, response: Any, attempts: int) -> None:
+        rejected = response.partial_success.rejected_profiles
+        message = response.partial_success.error_message
+        with self._changed:
+            self._count("requests_sent")
+            self._count("bytes_sent", len(request.payload))
+            self._count("rejected_profiles", rejected)
+        self._metrics.requests.labels(self.name, "sent").inc()
+        self._metrics.bytes_sent.labels(self.name).inc(len(request.payload))
+        if rejected:
+            self._metrics.rejected_profiles.labels(self.name).inc(rejected)
+            self._logger.error(
+                "otlp '%s': %s rejected %d of %d profile(s): %s",
+                self.name, self._settings.target, rejected, request.processes, message or "no reason given",
+            )
+        elif message:
+            self._logger.warning("otlp '%s': %s accepted with a warning: %s", self.name, self._settings.target, message)
+        if attempts:
+            self._logger.info("otlp '%s': delivered to %s after %d retries", self.name, self._settings.target, attempts)
