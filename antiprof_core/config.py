@@ -274,6 +274,7 @@ class PluginCatalog:
 
     types: MappingABC[str, ConsumerType[Any]] = field(factory=dict)
     load_errors: MappingABC[str, str] = field(factory=dict)  # plugin name -> error
+    disabled: frozenset[str] = frozenset()  # plugins blocked by ANTIPROF_DISABLE_PLUGINS
 
 
 def resolve_config_path(cli_path: str | None, environ: MappingABC[str, str]) -> Path | None:
@@ -369,6 +370,8 @@ def _missing_type_message(type_name: str, catalog: PluginCatalog) -> str:
     installed = ", ".join(sorted(catalog.types)) or "none"
     if type_name in catalog.load_errors:
         return f"consumer type '{type_name}' failed to load: {catalog.load_errors[type_name]}"
+    if type_name in catalog.disabled:
+        return f"consumer type '{type_name}' is disabled by ANTIPROF_DISABLE_PLUGINS"
     return (
         f"consumer type '{type_name}' is not installed: pip install antiprof-{type_name} (installed types: {installed})"
     )

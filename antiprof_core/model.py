@@ -103,7 +103,7 @@ class Counters:
     samples_seen: int = 0
     samples_lost: int = 0
     stack_errors: MappingABC[str, int] = field(factory=dict)
-    windows_dropped: int = 0
+    windows_dropped: int = 0  # running total of windows this consumer lost to a full queue
 
 
 @frozen

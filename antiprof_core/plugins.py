@@ -47,7 +47,8 @@ class LoadedPlugins:
     def catalog(self) -> PluginCatalog:
         # A broken plugin's entry point name is the consumer type it most likely offers (naming rule).
         errors = {p.name: p.error for p in self.plugins if p.error is not None}
-        return PluginCatalog(types=self.types, load_errors={**errors, **self.type_errors})
+        disabled = frozenset(p.name for p in self.plugins if p.disabled)
+        return PluginCatalog(types=self.types, load_errors={**errors, **self.type_errors}, disabled=disabled)
 
 
 def new_plugin_manager() -> pluggy.PluginManager:

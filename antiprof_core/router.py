@@ -62,7 +62,6 @@ class ConsumerWorker:
         self.delivered = 0
         self.dropped = 0
         self.errors = 0
-        self._reported_drops = 0
         self._deadline = 0.0  # time.monotonic() by which flush and close should be done
         self.finished = False
 
@@ -101,9 +100,8 @@ class ConsumerWorker:
                 return None
             window = self._queue.popleft()
             drops = self.dropped
-        if drops != self._reported_drops:  # tell the consumer how many windows it has lost so far
+        if drops:  # tell the consumer how many windows it has lost so far (a running total)
             window = attrs.evolve(window, counters=attrs.evolve(window.counters, windows_dropped=drops))
-            self._reported_drops = drops
         return window
 
     def _run(self) -> None:

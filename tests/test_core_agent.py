@@ -1,0 +1,99 @@
+"""The agent end to end on the synthetic source, through the real command line."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+from antiprof_core.codec import window_from_dict
+from antiprof_core.testing import antiprof_command
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_run_writes_one_json_line_per_window(run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("run", "-c", str(REPO / "examples/synthetic.toml"), "--duration", "3s")
+    assert result.returncode == 0, result.stderr
+    windows = [window_from_dict(json.loads(line)) for line in result.stdout.splitlines()]
+    assert len(windows) == 3  # 1 s windows over 3 s
+    for earlier, later in itertools.pairwise(windows):
+        assert earlier.end_ns == later.start_ns  # contiguous: nothing falls between windows
+    assert all(len(w.samples) == 500 for w in windows)
+    assert "consumer 'json': 3 delivered, 0 dropped, 0 errors" in result.stderr
+
+
+def test_sigterm_mid_window_delivers_the_last_window_to_every_consumer(tmp_path: Path) -> None:
+    config = tmp_path / "a.toml"
+    config.write_text(
+        '[sampler]\nsource = "synthetic"\nwindow = "1m"\n'
+        f'[consumers.first]\ntype = "json"\npath = "{tmp_path}/first.jsonl"\n'
+        f'[consumers.second]\ntype = "json"\npath = "{tmp_path}/second.jsonl"\n'
+    )
+    agent = subprocess.Popen(antiprof_command("run", "-c", str(config)), stderr=subprocess.PIPE, text=True)
+    assert agent.stderr is not None
+    started = time.monotonic()
+    for line in agent.stderr:
+        if "sampling at" in line:
+            break
+    time.sleep(1)
+    agent.send_signal(signal.SIGTERM)
+    _, stderr = agent.communicate(timeout=30)
+    assert agent.returncode == 0, stderr
+    assert time.monotonic() - started < 20
+    for name in ("first", "second"):
+        lines = (tmp_path / f"{name}.jsonl").read_text().splitlines()
+        assert len(lines) == 1  # the partial window, not lost
+        window = json.loads(lines[0])
+        assert 0.5e9 < window["end_ns"] - window["start_ns"] < 30e9
+        assert os.stat(tmp_path / f"{name}.jsonl").st_mode & 0o777 == 0o600
+    assert "SIGTERM received" in stderr
+
+
+def test_json_sink_writes_to_stdout_by_default(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    # [consumers.json] with no keys: JSON lines on stdout.
+    config = tmp_path / "s.toml"
+    config.write_text('[sampler]\nsource = "synthetic"\nwindow = "1s"\n[consumers.json]\n')
+    result = run_cli("run", "-c", str(config), "--duration", "1s")
+    assert result.returncode == 0, result.stderr
+    assert len(result.stdout.splitlines()) == 1
+
+
+def test_json_log_format(run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("run", "-c", str(REPO / "examples/synthetic.toml"), "--duration", "1s", "--log-format", "json")
+    entries = [json.loads(line) for line in result.stderr.splitlines()]
+    assert {e["level"] for e in entries} == {"info"}
+    assert any(e["message"].startswith("sampling at 19 Hz") for e in entries)
+
+
+def test_bad_duration_flag_is_a_usage_error(run_cli) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("run", "--duration", "forever")
+    assert result.returncode == 2
+    assert "Invalid value for '--duration': invalid duration 'forever'" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_a_consumer_that_cannot_start_is_one_line_and_the_others_go_on(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "a.toml"
+    config.write_text(
+        '[sampler]\nsource = "synthetic"\nwindow = "1s"\n'
+        f'[consumers.broken]\ntype = "json"\npath = "{tmp_path}/no/such/dir/w.jsonl"\n'
+        f'[consumers.good]\ntype = "json"\npath = "{tmp_path}/good.jsonl"\n'
+    )
+    result = run_cli("run", "-c", str(config), "--duration", "2s")
+    assert result.returncode == 0
+    assert len((tmp_path / "good.jsonl").read_text().splitlines()) == 2
+    assert "consumer 'broken' start failed: FileNotFoundError" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_record_prints_the_hottest_functions(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    result = run_cli("record", "--source", "synthetic", "-d", "2s", "-F", "99", "-o", str(tmp_path / "out"))
+    assert result.returncode == 0, result.stderr
+    assert "Hottest functions" in result.stdout
+    assert "synthetic_" in result.stdout
+    assert (tmp_path / "out" / "antiprof.jsonl").exists()

@@ -1,0 +1,132 @@
+"""The router's promises: a slow or broken consumer never delays, loses or corrupts a healthy one's windows."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import pytest
+
+from antiprof_core.consumer import Consumer
+from antiprof_core.model import ProfileWindow
+from antiprof_core.router import Router
+from antiprof_core.testing import synthetic_window
+
+WINDOWS = [synthetic_window(processes=1, stacks=3, depth=2, seed=i, start_ns=i * 10**9) for i in range(20)]
+
+
+class Recording(Consumer):
+    def __init__(self) -> None:
+        self.windows: list[ProfileWindow] = []
+        self.received_at: list[float] = []
+        self.calls: list[str] = []
+
+    def start(self) -> None:
+        self.calls.append("start")
+
+    def consume(self, window: ProfileWindow) -> None:
+        self.windows.append(window)
+        self.received_at.append(time.monotonic())
+
+    def flush(self, timeout: float) -> None:
+        self.calls.append("flush")
+
+    def close(self) -> None:
+        self.calls.append("close")
+
+
+class Raising(Recording):
+    def consume(self, window: ProfileWindow) -> None:
+        raise RuntimeError("sink exploded")
+
+
+class Sleeping(Recording):
+    def consume(self, window: ProfileWindow) -> None:
+        time.sleep(0.2)
+        super().consume(window)
+
+
+class Blocked(Recording):
+    """Blocks in consume until released, and says when it first got there."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def consume(self, window: ProfileWindow) -> None:
+        self.entered.set()
+        self.release.wait(10)
+        super().consume(window)
+
+
+def test_raising_and_sleeping_consumers_do_not_delay_or_lose_a_healthy_ones_windows(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    router = Router(logging.getLogger("antiprof.test"))
+    healthy, raising, sleeping = Recording(), Raising(), Sleeping()
+    router.add("healthy", healthy, queue_size=len(WINDOWS))
+    router.add("raising", raising, queue_size=len(WINDOWS))
+    router.add("sleeping", sleeping, queue_size=len(WINDOWS))
+    router.start()
+    published_at = time.monotonic()
+    for window in WINDOWS:
+        router.publish(window)
+    deadline = time.monotonic() + 5
+    while len(healthy.windows) < len(WINDOWS) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    # All 20 arrived while the sleeper (0.2 s a window) had done at most a few.
+    assert [w.start_ns for w in healthy.windows] == [w.start_ns for w in WINDOWS]
+    assert healthy.received_at[-1] - published_at < 1.0
+    assert len(sleeping.windows) < 10
+    stats = {s.name: s for s in router.shutdown(timeout=10)}
+    assert stats["healthy"].delivered == 20 and stats["healthy"].errors == 0
+    assert stats["raising"].errors == 20 and stats["raising"].delivered == 0
+    assert stats["sleeping"].delivered == 20 and stats["sleeping"].dropped == 0
+    assert all(s.finished for s in stats.values())
+    assert healthy.calls == raising.calls == sleeping.calls == ["start", "flush", "close"]
+    assert "consumer 'raising' consume failed: RuntimeError: sink exploded" in caplog.text
+
+
+def test_a_full_queue_drops_the_oldest_window_and_counts_exactly() -> None:
+    router = Router(logging.getLogger("antiprof.test"))
+    blocked, healthy = Blocked(), Recording()
+    router.add("blocked", blocked, queue_size=4)
+    router.add("healthy", healthy, queue_size=len(WINDOWS))
+    router.start()
+    router.publish(WINDOWS[0])
+    assert blocked.entered.wait(5)  # window 0 is in consume(); the queue is empty
+    for window in WINDOWS[1:]:
+        router.publish(window)  # never blocks, though the consumer does
+    blocked.release.set()
+    stats = {s.name: s for s in router.shutdown(timeout=10)}
+    # 19 more windows into a queue of 4: the 15 oldest are dropped, the newest 4 delivered.
+    assert stats["blocked"].dropped == 15
+    assert [w.start_ns for w in blocked.windows] == [w.start_ns for w in (WINDOWS[0], *WINDOWS[16:])]
+    # The consumer is told what it lost, in the next window it gets.
+    assert [w.counters.windows_dropped for w in blocked.windows] == [0, 15, 15, 15, 15]
+    assert stats["healthy"].dropped == 0 and len(healthy.windows) == 20
+
+
+def test_shutdown_delivers_queued_windows_then_abandons_a_hung_flush_at_the_deadline(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    class HungFlush(Recording):
+        def flush(self, timeout: float) -> None:
+            time.sleep(30)
+
+    router = Router(logging.getLogger("antiprof.test"))
+    hung, healthy = HungFlush(), Recording()
+    router.add("hung", hung)
+    router.add("healthy", healthy)
+    router.start()
+    for window in WINDOWS[:3]:
+        router.publish(window)
+    started = time.monotonic()
+    stats = {s.name: s for s in router.shutdown(timeout=0.5)}
+    assert time.monotonic() - started < 2.0
+    assert len(hung.windows) == 3 and len(healthy.windows) == 3
+    assert not stats["hung"].finished and stats["healthy"].finished
+    assert healthy.calls == ["start", "flush", "close"]
+    assert "consumer 'hung' did not flush and close within 0.5s" in caplog.text
