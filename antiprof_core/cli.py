@@ -208,28 +208,26 @@ def _print_hottest(summary: HottestFunctions, limit: int) -> None:
 def plugins(as_json: bool) -> None:
     """List installed plugins, their versions, consumer types and load errors."""
     loaded = load_plugins()
-    rows = [
-        {
-            "name": info.name,
-            "distribution": info.distribution,
-            "version": info.version,
-            "consumer_types": list(info.consumer_types),
-            "status": "disabled" if info.disabled else "error" if info.error else "ok",
-            "error": info.error,
-        }
-        for info in loaded.plugins
-    ]
     if as_json:
+        rows = [
+            {
+                "name": info.name,
+                "distribution": info.distribution,
+                "version": info.version,
+                "consumer_types": list(info.consumer_types),
+                "status": "disabled" if info.disabled else "error" if info.error else "ok",
+                "error": info.error,
+            }
+            for info in loaded.plugins
+        ]
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="antiprof plugins")
     for column in ("Plugin", "Distribution", "Version", "Consumer types", "Status"):
         table.add_column(column)
-    for row in rows:
-        status = row["status"] if row["status"] != "error" else f"[red]error: {row['error']}[/red]"
-        table.add_row(
-            row["name"], row["distribution"] or "", row["version"] or "", ", ".join(row["consumer_types"]), status
-        )
+    for info in loaded.plugins:
+        status = "disabled" if info.disabled else f"[red]error: {info.error}[/red]" if info.error else "ok"
+        table.add_row(info.name, info.distribution or "", info.version or "", ", ".join(info.consumer_types), status)
     stdout.print(table)
 
 

@@ -125,11 +125,18 @@ class Config:
 
 # --- the converter -------------------------------------------------------------------------
 
-_TYPE_WORDS = {bool: "a boolean", int: "an integer", float: "a number", str: "a string"}
+_TYPE_WORDS: dict[type, str] = {
+    bool: "a boolean",
+    int: "an integer",
+    float: "a number",
+    str: "a string",
+    list: "an array",
+    dict: "a table",
+}
 
 
 def _describe(value: Any) -> str:
-    word = _TYPE_WORDS.get(type(value)) or {list: "an array", dict: "a table"}.get(type(value), type(value).__name__)
+    word = _TYPE_WORDS.get(type(value), type(value).__name__)
     return f"{word} ({value!r})" if isinstance(value, (bool, int, float, str)) else word
 
 
@@ -190,9 +197,9 @@ def _problem_lines(exc: BaseException, path: str) -> list[str]:
         lines = [line for inner, note in with_notes for line in _problem_lines(inner, _join(path, note.name))]
         return lines + [line for inner in without_notes for line in _problem_lines(inner, path)]
     if isinstance(exc, IterableValidationError):
-        with_notes, without_notes = exc.group_exceptions()
-        lines = [line for inner, note in with_notes for line in _problem_lines(inner, f"{path}[{note.index}]")]
-        return lines + [line for inner in without_notes for line in _problem_lines(inner, path)]
+        items, others = exc.group_exceptions()
+        lines = [line for inner, note in items for line in _problem_lines(inner, f"{path}[{note.index}]")]
+        return lines + [line for inner in others for line in _problem_lines(inner, path)]
     if isinstance(exc, ForbiddenExtraKeysError):
         known = [a.name for a in attrs.fields(exc.cl)] if attrs.has(exc.cl) else []
         return [_unknown_key(_join(path, key), key, known) for key in sorted(exc.extra_fields)]
