@@ -1,0 +1,90 @@
+from __future__ import annotations
+
+import json
+import os
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import antiprof_json
+import pytest
+
+from antiprof_core.codec import window_from_dict
+from antiprof_core.config import ConfigError
+from antiprof_core.testing import make_consumer, run_consumer, synthetic_window
+
+
+def test_one_line_per_window_written_through_at_once(tmp_path: Path) -> None:
+    path = tmp_path / "windows.jsonl"
+    windows = [synthetic_window(processes=3, stacks=40, seed=seed) for seed in range(3)]
+    consumer = make_consumer(antiprof_json, "json", {"path": str(path)})
+    consumer.start()
+    consumer.consume(windows[0])
+    # Readable before flush or close: a `tail -f` sees each window as it lands.
+    assert window_from_dict(json.loads(path.read_text())) == windows[0]
+    for window in windows[1:]:
+        consumer.consume(window)
+    consumer.close()
+    lines = path.read_text().splitlines()
+    assert [window_from_dict(json.loads(line)) for line in lines] == windows
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o600
+
+
+def test_appends_rather_than_truncating(tmp_path: Path) -> None:
+    path = tmp_path / "w.jsonl"
+    path.write_text('{"earlier": true}\n')
+    run_consumer(make_consumer(antiprof_json, "json", {"path": str(path)}), [synthetic_window(stacks=5)])
+    assert len(path.read_text().splitlines()) == 2
+
+
+def test_stdout(tmp_path: Path) -> None:
+    script = (
+        "import antiprof_json\n"
+        "from antiprof_core.testing import make_consumer, run_consumer, synthetic_window\n"
+        "run_consumer(make_consumer(antiprof_json, 'json'), [synthetic_window(stacks=7), synthetic_window(stacks=9)])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
+    assert [len(json.loads(line)["samples"]) for line in out.splitlines()] == [7, 9]
+
+
+def test_unwritable_path_names_the_file(tmp_path: Path) -> None:
+    consumer = make_consumer(antiprof_json, "json", {"path": str(tmp_path / "missing" / "w.jsonl")})
+    with pytest.raises(FileNotFoundError):
+        consumer.start()
+
+
+def test_config_is_strict() -> None:
+    with pytest.raises(ConfigError) as error:
+        make_consumer(antiprof_json, "json", {"path": "x", "pretty": True})
+    assert error.value.problems == ["consumers.json.pretty: unknown key (known keys: path)"]
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
+    """A 256 KiB tmpfs: a real full disk, not a mock."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+def test_full_disk_keeps_the_file_valid_and_resumes_when_space_returns(small_tmpfs: Path) -> None:
+    path = small_tmpfs / "w.jsonl"
+    window = synthetic_window(processes=2, stacks=300, depth=8)  # ~70 KB a line: the 4th does not fit
+    consumer = make_consumer(antiprof_json, "json", {"path": str(path)})
+    consumer.start()
+    written = 0
+    with pytest.raises(OSError) as error:
+        for written in range(10):  # noqa: B007 - the count is the point
+            consumer.consume(window)
+    assert str(error.value) == f"[Errno 28] {path}: cannot write window: No space left on device"
+    assert written >= 1
+    assert len(path.read_text().splitlines()) == written  # the partial last line was cut off
+    path.write_text("")  # space comes back
+    consumer.consume(window)
+    consumer.close()
+    assert [window_from_dict(json.loads(line)) for line in path.read_text().splitlines()] == [window]
