@@ -77,9 +77,7 @@ class PerfDataFile:
             os.pwrite(self._fd, self._header(self._data_size, (0, 0, 0, 0)), 0)
         end = DATA_OFFSET + self._data_size
         try:
-            written = os.pwrite(self._fd, encoded.data, end)
-            if written != len(encoded.data):
-                raise OSError(f"short write ({written} of {len(encoded.data)} bytes)")
+            _pwrite_all(self._fd, encoded.data, end)
             self.encoder.commit(encoded)
         except OSError:
             self._publish()  # put the old features back; they fit where they were
@@ -102,7 +100,7 @@ class PerfDataFile:
         block, bitmap = self._features_block()
         if self._data_size == 0:
             return
-        os.pwrite(self._fd, block, end)
+        _pwrite_all(self._fd, block, end)
         os.ftruncate(self._fd, end + len(block))
         os.pwrite(self._fd, self._header(self._data_size, bitmap), 0)
 
@@ -134,6 +132,14 @@ class PerfDataFile:
 
     def __exit__(self, *_: object) -> None:
         self.close()
+
+
+def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
+    """pwrite until done: a short write is retried, so a full disk surfaces as ENOSPC."""
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 class PerfDataPipe:

@@ -1,0 +1,287 @@
+"""The perfdata consumer: config, file names, rotation, retention, failures and pipe mode."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import antiprof_perfdata
+import pytest
+from antiprof_perfdata.perftool import parse_script, perf_path, run_perf
+from antiprof_perfdata.sink import PerfDataSink, PerfDataWriteError
+
+from antiprof_core.config import ConfigError
+from antiprof_core.testing import make_consumer, run_consumer, synthetic_window
+
+T0 = 1_795_600_000_000_000_000  # 2026-11-25T09:46:40Z
+SECOND = 1_000_000_000
+ANTIPROF = str(Path(sys.executable).parent / "antiprof")
+
+
+def sink(options: dict) -> PerfDataSink:
+    consumer = make_consumer(antiprof_perfdata, "perfdata", options)
+    assert isinstance(consumer, PerfDataSink)
+    return consumer
+
+
+def windows(count: int, every_s: float = 1.0, stacks: int = 20) -> list:
+    return [
+        synthetic_window(
+            processes=2, stacks=stacks, seed=i + 1, start_ns=T0 + int(i * every_s * SECOND), duration_ns=SECOND
+        )
+        for i in range(count)
+    ]
+
+
+def samples_in(path: Path, buildid_dir: Path) -> int:
+    script = run_perf(["script", "-i", str(path), "-F", "tid"], buildid_dir)
+    assert script.returncode == 0, script.stderr
+    return len(sample_lines(script.stdout))
+
+
+def sample_lines(text: str) -> list[str]:
+    """perf script's per-sample lines (frames, indented, are skipped)."""
+    return [line for line in text.splitlines() if line.strip() and not line.startswith("\t")]
+
+
+def perf_files(directory: Path) -> list[str]:
+    return sorted(p.name for p in directory.glob("*.perf.data"))
+
+
+# --- config ------------------------------------------------------------------------------------
+
+
+def test_defaults_match_the_documentation():
+    config = sink({}).config
+    assert config.output_dir == "/var/lib/antiprof/perf"
+    assert (config.rotate_every, config.max_file_size, config.max_files) == (3600.0, 100 * 1024 * 1024, 24)
+    assert (config.mode.value, config.path, config.expand_counts) == ("file", "", False)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"max_files": "24"}, "consumers.perfdata.max_files: expected an integer, got a string ('24')"),
+        ({"max_files": 0}, "consumers.perfdata.max_files: must be between 1 and 1000000, got 0"),
+        ({"rotate_every": "soon"}, "consumers.perfdata.rotate_every: invalid duration 'soon'"),
+        ({"max_file_size": "lots"}, "consumers.perfdata.max_file_size: invalid size 'lots'"),
+        ({"mode": "socket"}, "consumers.perfdata.mode: expected one of 'file', 'pipe', got a string ('socket')"),
+        ({"mode": "pipe"}, 'consumers.perfdata.path: pipe mode needs a path: a FIFO, or "-" for stdout'),
+        ({"path": "/tmp/x"}, 'consumers.perfdata.path: only used with mode = "pipe"'),
+        ({"expand_count": True}, "consumers.perfdata.expand_count: unknown key (did you mean 'expand_counts'?)"),
+    ],
+)
+def test_bad_config_is_one_line_naming_the_key(options, message):
+    with pytest.raises(ConfigError) as caught:
+        sink(options)
+    assert len(caught.value.problems) == 1
+    assert caught.value.problems[0].startswith(message)
+
+
+# --- files -------------------------------------------------------------------------------------
+
+
+def test_directory_and_files_are_private_and_named_by_host_and_utc_start(tmp_path, buildid_dir):
+    out = tmp_path / "new" / "perf"
+    run_consumer(sink({"output_dir": str(out)}), windows(3))
+    assert out.stat().st_mode & 0o777 == 0o700
+    assert perf_files(out) == ["antiprof-synthetic-host-20261125T094640Z.perf.data"]
+    [path] = out.glob("*.perf.data")
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert samples_in(path, buildid_dir) == 3 * 20
+
+
+def test_rotation_by_time_starts_a_file_per_period(tmp_path, buildid_dir):
+    run_consumer(sink({"output_dir": str(tmp_path), "rotate_every": "10s"}), windows(7, every_s=4))
+    # windows at 0 4 8 | 12 16 20 | 24 seconds
+    assert perf_files(tmp_path) == [
+        "antiprof-synthetic-host-20261125T094640Z.perf.data",
+        "antiprof-synthetic-host-20261125T094652Z.perf.data",
+        "antiprof-synthetic-host-20261125T094704Z.perf.data",
+    ]
+    assert [samples_in(tmp_path / name, buildid_dir) for name in perf_files(tmp_path)] == [60, 60, 20]
+
+
+def test_rotation_by_size_keeps_every_file_under_the_limit(tmp_path, buildid_dir):
+    limit = 48 * 1024
+    consumer = sink({"output_dir": str(tmp_path), "max_file_size": "48KiB"})
+    run_consumer(consumer, windows(12, every_s=0.05, stacks=60))
+    names = perf_files(tmp_path)
+    assert len(names) == len(consumer.files_created) > 2
+    assert "antiprof-synthetic-host-20261125T094640Z.perf.data" in names
+    assert "antiprof-synthetic-host-20261125T094640Z-1.perf.data" in names  # same second: a sequence number
+    assert all((tmp_path / name).stat().st_size <= limit for name in names)
+    assert sum(samples_in(tmp_path / name, buildid_dir) for name in names) == 12 * 60
+
+
+def test_retention_deletes_only_this_sinks_oldest_files(tmp_path):
+    foreign = [
+        "antiprof-otherhost-20200101T000000Z.perf.data",
+        "perf.data",
+        "notes.txt",
+        "antiprof-synthetic-host-20200101T000000Z.perf.data.bak",
+    ]
+    for name in foreign:
+        (tmp_path / name).write_text("keep me")
+    run_consumer(sink({"output_dir": str(tmp_path), "rotate_every": "1s", "max_files": 3}), windows(6))
+    assert perf_files(tmp_path) == [
+        "antiprof-otherhost-20200101T000000Z.perf.data",
+        "antiprof-synthetic-host-20261125T094643Z.perf.data",
+        "antiprof-synthetic-host-20261125T094644Z.perf.data",
+        "antiprof-synthetic-host-20261125T094645Z.perf.data",
+    ]
+    assert all((tmp_path / name).read_text() == "keep me" for name in foreign)
+
+
+def test_vanished_directory_is_recreated_on_the_next_window(tmp_path, buildid_dir):
+    out = tmp_path / "perf"
+    consumer = sink({"output_dir": str(out)})
+    consumer.start()
+    first, second = windows(2)
+    consumer.consume(first)
+    shutil.rmtree(out)
+    consumer.consume(second)
+    consumer.close()
+    [path] = out.glob("*.perf.data")
+    assert path.name == "antiprof-synthetic-host-20261125T094641Z.perf.data"
+    assert samples_in(path, buildid_dir) == 20
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path):
+    """A 256 KiB tmpfs, unmounted afterwards (needs root)."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    mount = tmp_path / "small"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount)], check=True)
+    yield mount
+    subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_drops_the_window_names_the_path_and_recovers(small_tmpfs, buildid_dir):
+    filler = small_tmpfs / "filler"
+    filler.write_bytes(b"\0" * (200 * 1024))
+    consumer = sink({"output_dir": str(small_tmpfs / "perf")})
+    consumer.start()
+    errors = []
+    for window in windows(10, stacks=40):
+        try:
+            consumer.consume(window)
+        except PerfDataWriteError as error:
+            errors.append(str(error))
+    assert consumer.windows_written >= 1 and consumer.windows_dropped == len(errors) >= 1
+    [path] = (small_tmpfs / "perf").glob("*.perf.data")
+    assert errors[0] == (f"cannot write {path}: No space left on device; window dropped, the next one will try again")
+    assert samples_in(path, buildid_dir) == consumer.windows_written * 40  # readable up to the last good window
+
+    filler.unlink()
+    consumer.consume(windows(11, stacks=40)[-1])
+    consumer.close()
+    assert samples_in(path, buildid_dir) == consumer.windows_written * 40
+
+
+# --- crash safety ------------------------------------------------------------------------------
+
+
+def test_sigkill_while_writing_leaves_a_file_perf_reads(tmp_path, buildid_dir):
+    writer = textwrap.dedent(
+        f"""
+        import antiprof_perfdata
+        from antiprof_core.testing import make_consumer, synthetic_window
+        sink = make_consumer(antiprof_perfdata, "perfdata", {{"output_dir": {str(tmp_path)!r}}})
+        sink.start()
+        for i in range(100000):
+            sink.consume(synthetic_window(processes=4, stacks=300, seed=i % 5, start_ns={T0} + i * 10**9))
+            if i == 2:
+                print("ready", flush=True)
+        """
+    )
+    child = subprocess.Popen([sys.executable, "-c", writer], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline() == "ready\n"
+    time.sleep(0.7)
+    child.send_signal(signal.SIGKILL)
+    child.wait()
+    [path] = tmp_path.glob("*.perf.data")
+    report = run_perf(["report", "-i", str(path), "--stdio"], buildid_dir)
+    assert report.returncode == 0
+    assert "WARNING" not in report.stderr and "failed" not in report.stderr
+    samples = samples_in(path, buildid_dir)
+    assert samples >= 3 * 300 and samples % 300 == 0  # whole windows only
+
+
+# --- pipe mode ---------------------------------------------------------------------------------
+
+
+def test_pipe_mode_to_a_fifo_waits_for_a_reader_then_streams(tmp_path, buildid_dir):
+    fifo = tmp_path / "perf.fifo"
+    os.mkfifo(fifo)
+    consumer = sink({"mode": "pipe", "path": str(fifo)})
+    consumer.start()
+    first, *rest = windows(4)
+    with pytest.raises(PerfDataWriteError, match=f"cannot write {fifo}: No such device or address"):
+        consumer.consume(first)  # nobody reads yet: dropped, not blocked
+    reader = subprocess.Popen(
+        f"cat {fifo} | {perf_path()} script -i - -F tid,period",
+        shell=True,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=dict(os.environ, PERF_BUILDID_DIR=str(buildid_dir)),
+    )
+    deadline = time.monotonic() + 10
+    while True:
+        try:
+            consumer.consume(rest[0])
+            break
+        except PerfDataWriteError:
+            assert time.monotonic() < deadline, "cat never opened the FIFO"
+            time.sleep(0.05)
+    for window in rest[1:]:
+        consumer.consume(window)
+    consumer.close()
+    out, _ = reader.communicate(timeout=30)
+    assert reader.returncode == 0
+    assert len(sample_lines(out.decode())) == 3 * 20
+
+
+def test_antiprof_run_pipes_to_perf_script(tmp_path, buildid_dir):
+    config = tmp_path / "pipe.toml"
+    config.write_text(
+        textwrap.dedent(
+            """
+            [sampler]
+            source = "synthetic"
+            window = "500ms"
+            synthetic = { processes = 3, stacks = 30, depth = 8 }
+
+            [consumers.perfdata]
+            mode = "pipe"
+            path = "-"
+            """
+        )
+    )
+    pipeline = subprocess.run(
+        f"{ANTIPROF} run -c {config} --duration 1200ms | {perf_path()} script -i - -F comm,tid,period",
+        shell=True,
+        capture_output=True,
+        env=dict(os.environ, PERF_BUILDID_DIR=str(buildid_dir)),
+        timeout=60,
+        check=False,
+    )
+    assert pipeline.returncode == 0, pipeline.stderr.decode()
+    lines = sample_lines(pipeline.stdout.decode())
+    assert len(lines) >= 2 * 30 and len(lines) % 30 == 0
+    assert all(line.split()[0].startswith("synthetic_") for line in lines)
+
+
+def test_script_output_parses_into_frames(tmp_path, buildid_dir):
+    run_consumer(sink({"output_dir": str(tmp_path)}), windows(1, stacks=5))
+    [path] = tmp_path.glob("*.perf.data")
+    samples = parse_script(run_perf(["script", "-i", str(path)], buildid_dir).stdout)
+    assert len(samples) == 5 and all(len(s.frames) == 16 for s in samples)
