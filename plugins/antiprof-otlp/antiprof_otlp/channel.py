@@ -1,24 +1,14 @@
-"""The gRPC channel and the official ``ProfilesService`` stub, with TLS unless asked otherwise."""
+"""The gRPC channel (TLS unless asked otherwise) and the ``ProfilesService/Export`` method on it."""
 
 from __future__ import annotations
 
 import grpc
-from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2_grpc import ProfilesServiceStub
+from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2
+from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import ExportProfilesServiceResponse
 
 from antiprof_otlp.settings import ExportSettings
 
-
-class PreEncoded:
-    """An already serialized ``ExportProfilesServiceRequest``: the stub's serializer calls this
-    method, so the bytes counted in the queue are exactly the bytes sent, encoded once."""
-
-    __slots__ = ("payload",)
-
-    def __init__(self, payload: bytes) -> None:
-        self.payload = payload
-
-    def SerializeToString(self) -> bytes:  # the protobuf method name the stub calls
-        return self.payload
+_SERVICE = profiles_service_pb2.DESCRIPTOR.services_by_name["ProfilesService"]
 
 
 def open_channel(settings: ExportSettings, reconnect_backoff: tuple[float, float]) -> grpc.Channel:
@@ -43,5 +33,13 @@ def open_channel(settings: ExportSettings, reconnect_backoff: tuple[float, float
     return grpc.secure_channel(settings.target, credentials, options=options, compression=compression)
 
 
-def profiles_stub(channel: grpc.Channel) -> ProfilesServiceStub:
-    return ProfilesServiceStub(channel)
+def export_method(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+    """``ProfilesService/Export`` taking an already serialized request, so the bytes counted in
+    the queue are the bytes sent and each window is encoded once. The method path comes from the
+    official service descriptor."""
+    method = _SERVICE.methods_by_name["Export"]
+    return channel.unary_unary(
+        f"/{_SERVICE.full_name}/{method.name}",
+        request_serializer=bytes,
+        response_deserializer=ExportProfilesServiceResponse.FromString,
+    )

@@ -22,7 +22,7 @@ import grpc
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
-from antiprof_otlp.channel import PreEncoded, open_channel, profiles_stub
+from antiprof_otlp.channel import export_method, open_channel
 from antiprof_otlp.retry import RETRYABLE, Backoff, server_retry_delay
 from antiprof_otlp.settings import ExportSettings
 from antiprof_otlp.transform import EncodedRequest
@@ -125,7 +125,7 @@ class Sender:
 
     def start(self) -> None:
         self._channel = open_channel(self._settings, (self._backoff.initial, self._backoff.maximum))
-        self._stub = profiles_stub(self._channel)
+        self._export = export_method(self._channel)
         self._thread.start()
 
     def offer(self, batch: Batch) -> bool:
@@ -205,6 +205,12 @@ class Sender:
         self._stats[name] += amount
 
     def _run(self) -> None:
+        try:
+            self._send_queued()
+        except Exception:  # a bug here must not pass silently: the queue would only grow
+            self._logger.exception("otlp '%s': the sender stopped", self.name)
+
+    def _send_queued(self) -> None:
         while True:
             with self._changed:
                 while not self._queue and not self._closing.is_set():
@@ -240,30 +246,26 @@ class Sender:
     def _deliver(self, request: EncodedRequest) -> Outcome:
         attempt = 0
         while not self._closing.is_set():
-            future = self._stub.Export.future(
-                PreEncoded(request.payload),
-                timeout=self._call_timeout(),
-                metadata=self._settings.headers or None,
-            )
+            try:
+                future = self._export.future(
+                    request.payload, timeout=self._call_timeout(), metadata=self._settings.headers or None
+                )
+            except Exception as error:  # grpc raises here only for a call it cannot even start
+                return self._refused(request, type(error).__name__, str(error))
             with self._changed:
                 self._inflight = future
             if self._closing.is_set():
                 future.cancel()
             try:
                 response: Any = future.result()
+            except grpc.FutureCancelledError:  # close() cancelled it
+                return Outcome.ABANDONED
             except grpc.RpcError as error:
                 code = error.code()  # type: ignore[attr-defined]
                 if self._closing.is_set():
                     return Outcome.ABANDONED
                 if code not in RETRYABLE:
-                    with self._changed:
-                        self._count("requests_refused")
-                    self._metrics.requests.labels(self.name, "refused").inc()
-                    self._logger.error(
-                        "otlp '%s': %s refused a request (%d samples) with %s: %s; dropped, not retried",
-                        self.name, self._settings.target, request.samples, code.name, error.details(),  # type: ignore[attr-defined]
-                    )
-                    return Outcome.REFUSED
+                    return self._refused(request, code.name, error.details())  # type: ignore[attr-defined]
                 server_delay = server_retry_delay(error.trailing_metadata())  # type: ignore[attr-defined]
                 delay = server_delay if server_delay is not None else self._backoff.delay(attempt)
                 log = self._logger.warning if attempt == 0 else self._logger.debug
@@ -285,6 +287,16 @@ class Sender:
             self._accepted(request, response, attempt)
             return Outcome.SENT
         return Outcome.ABANDONED
+
+    def _refused(self, request: EncodedRequest, code: str, details: str) -> Outcome:
+        with self._changed:
+            self._count("requests_refused")
+        self._metrics.requests.labels(self.name, "refused").inc()
+        self._logger.error(
+            "otlp '%s': %s refused a request (%d samples) with %s: %s; dropped, not retried",
+            self.name, self._settings.target, request.samples, code, details,
+        )
+        return Outcome.REFUSED
 
     def _accepted(self, request: EncodedRequest, response: Any, attempts: int) -> None:
         rejected = response.partial_success.rejected_profiles
