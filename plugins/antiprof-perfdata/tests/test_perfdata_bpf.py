@@ -1,0 +1,283 @@
+"""End to end with real eBPF: ``antiprof run`` on known workloads, the files read by Debian's perf."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+
+import pytest
+from antiprof_perfdata.perftool import ScriptSample, parse_script, perf_path, run_perf
+
+from antiprof_core.codec import window_from_dict
+from antiprof_core.host import read_host
+from antiprof_core.model import ProfileWindow
+from antiprof_core.testing import require_bpf
+from antiprof_core.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_syscall_workload
+
+ANTIPROF = str(Path(sys.executable).parent / "antiprof")
+pytestmark = pytest.mark.bpf
+
+
+def write_config(directory: Path, pid: int, perf_dir: Path, json_path: Path, window: str = "1s") -> Path:
+    config = directory / "antiprof.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [sampler]
+            frequency_hz = 99
+            window = "{window}"
+            pids = [{pid}]
+
+            [consumers.perfdata]
+            output_dir = "{perf_dir}"
+
+            [consumers.json]
+            path = "{json_path}"
+            """
+        )
+    )
+    return config
+
+
+def start_workload(binary: Path, seconds: float) -> subprocess.Popen[bytes]:
+    workload = subprocess.Popen([str(binary), str(seconds)])
+    time.sleep(0.2)  # past the loader, into main's loop
+    return workload
+
+
+def read_windows(json_path: Path) -> list[ProfileWindow]:
+    return [window_from_dict(json.loads(line)) for line in json_path.read_text().splitlines() if line.strip()]
+
+
+def inclusive_shares(samples: list[ScriptSample], names: Iterator[str] | tuple[str, ...]) -> dict[str, Fraction]:
+    """Share of the total period whose stack holds each function (perf report's Children column)."""
+    total = sum(s.period for s in samples)
+    return {
+        name: Fraction(sum(s.period for s in samples if any(f.symbol == name for f in s.frames)), total)
+        for name in names
+    }
+
+
+def window_inclusive_shares(windows: list[ProfileWindow], names: tuple[str, ...]) -> dict[str, Fraction]:
+    total = sum(w.sample_count for w in windows)
+    return {
+        name: Fraction(
+            sum(s.count for w in windows for s in w.samples if any(f.symbol == name for f in s.stack)), total
+        )
+        for name in names
+    }
+
+
+class Run:
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.perf_dir = base / "perf"
+        self.json_path = base / "windows.jsonl"
+        self.buildid_dir = base / "buildid"
+        self.buildid_dir.mkdir(parents=True, exist_ok=True)
+
+    @property
+    def perf_file(self) -> Path:
+        [path] = self.perf_dir.glob("*.perf.data")
+        return path
+
+
+@pytest.fixture(scope="module")
+def two_function_run(tmp_path_factory: pytest.TempPathFactory, two_function_binary: Path) -> Run:
+    """One 3-second agent run on the two-function workload, shared by the assertions below."""
+    require_bpf()
+    run = Run(tmp_path_factory.mktemp("two-function-run"))
+    workload = start_workload(two_function_binary, 6)
+    try:
+        config = write_config(run.base, workload.pid, run.perf_dir, run.json_path)
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
+    finally:
+        workload.kill()
+        workload.wait()
+    assert done.returncode == 0, done.stderr.decode()
+    return run
+
+
+@pytest.fixture(scope="module")
+def two_function_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from antiprof_core.workloads import build_two_function_workload
+
+    return build_two_function_workload(tmp_path_factory.mktemp("workload"))
+
+
+def test_report_and_script_read_the_run_cleanly_and_name_the_workload(two_function_run, two_function_binary):
+    run = two_function_run
+    report = run_perf(["report", "-i", str(run.perf_file), "--stdio"], run.buildid_dir)
+    script = run_perf(["script", "-i", str(run.perf_file)], run.buildid_dir)
+
+    assert (report.returncode, report.stderr) == (0, "")
+    assert (script.returncode, script.stderr) == (0, "")
+    samples = parse_script(script.stdout)
+    own = [f for s in samples for f in s.frames if f.dso == str(two_function_binary)]
+    assert own and all(f.symbol is not None for f in own), "an [unknown] frame in the workload's own code"
+    for leaf in TWO_FUNCTION_SHARES:
+        stacks = [[f.symbol for f in s.frames] for s in samples if leaf in [f.symbol for f in s.frames]]
+        assert stacks, f"{leaf} is missing"
+        assert all(
+            stack[stack.index(leaf) + 1 : stack.index(leaf) + 3] == list(TWO_FUNCTION_CALLERS) for stack in stacks
+        )
+    assert "work_heavy" in report.stdout and "work_light" in report.stdout
+
+
+def test_shares_equal_the_windows_own_counts_and_the_truth(two_function_run):
+    run = two_function_run
+    samples = parse_script(run_perf(["script", "-i", str(run.perf_file)], run.buildid_dir).stdout)
+    windows = read_windows(run.json_path)
+    names = tuple(TWO_FUNCTION_SHARES)
+
+    from_perf = inclusive_shares(samples, names)
+
+    assert from_perf == window_inclusive_shares(windows, names)  # exactly: the same data
+    for name, truth in TWO_FUNCTION_SHARES.items():
+        assert abs(float(from_perf[name]) - truth) <= 0.05, (name, float(from_perf[name]))
+
+
+def test_header_and_build_ids_describe_the_run(two_function_run, two_function_binary):
+    from elftools.elf.elffile import ELFFile
+
+    run = two_function_run
+    header = run_perf(["report", "-i", str(run.perf_file), "--header-only"], run.buildid_dir)
+    listed = run_perf(["buildid-list", "-i", str(run.perf_file)], run.buildid_dir)
+
+    host = read_host()
+    assert f"# hostname : {host.hostname}\n" in header.stdout
+    assert f"# nrcpus avail : {host.cpu_count}\n" in header.stdout
+    assert f"# cmdline : {ANTIPROF} run -c {run.base / 'antiprof.toml'} --duration 3s" in header.stdout
+    assert "# event : name = cpu-clock," in header.stdout
+    with two_function_binary.open("rb") as handle:
+        note = ELFFile(handle).get_section_by_name(".note.gnu.build-id")
+        build_id = next(iter(note.iter_notes()))["n_desc"]
+    assert f"{build_id} {two_function_binary}" in listed.stdout.splitlines()
+
+
+def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
+    require_bpf()
+    run = Run(tmp_path)
+    workload = start_workload(build_syscall_workload(tmp_path / "workload"), 5)
+    try:
+        config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=60)
+    finally:
+        workload.kill()
+        workload.wait()
+    assert done.returncode == 0, done.stderr.decode()
+
+    script = run_perf(["script", "-i", str(run.perf_file)], run.buildid_dir)
+
+    assert (script.returncode, script.stderr) == (0, "")
+    kernel = [f for s in parse_script(script.stdout) for f in s.frames if f.dso == "[kernel.kallsyms]"]
+    assert kernel, "no kernel frames"
+    assert all(f.symbol is not None for f in kernel)
+    assert any("getppid" in (f.symbol or "") for f in kernel)
+
+
+def test_sigkill_of_the_agent_leaves_a_file_perf_reads(tmp_path, two_function_binary):
+    require_bpf()
+    run = Run(tmp_path)
+    workload = start_workload(two_function_binary, 20)
+    try:
+        config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path, window="300ms")
+        agent = subprocess.Popen([ANTIPROF, "run", "-c", str(config), "--duration", "60s"], stderr=subprocess.PIPE)
+        deadline = time.monotonic() + 30
+        while not (run.json_path.exists() and len(run.json_path.read_text().splitlines()) >= 3):
+            assert time.monotonic() < deadline and agent.poll() is None, "the agent wrote no windows"
+            time.sleep(0.05)
+        agent.send_signal(signal.SIGKILL)
+        agent.wait()
+    finally:
+        workload.kill()
+        workload.wait()
+
+    report = run_perf(
+        ["report", "-i", str(run.perf_file), "--stdio", "--no-children", "--sort", "sym"], run.buildid_dir
+    )
+
+    assert (report.returncode, report.stderr) == (0, "")
+    assert "work_heavy" in report.stdout
+
+
+@pytest.fixture
+def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    mount = tmp_path / "full"
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], check=True)
+    try:
+        (mount / "filler").write_bytes(b"\0" * (92 * 1024))  # one page left
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs, two_function_binary):
+    require_bpf()
+    run = Run(tmp_path)
+    workload = start_workload(two_function_binary, 8)
+    try:
+        config = write_config(tmp_path, workload.pid, full_tmpfs / "perf", run.json_path, window="250ms")
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
+    finally:
+        workload.kill()
+        workload.wait()
+
+    stderr = done.stderr.decode()
+    assert done.returncode == 0, stderr
+    assert len(run.json_path.read_text().splitlines()) >= 11  # every window, disk full or not
+    assert f"cannot write {full_tmpfs / 'perf'}" in stderr and "No space left on device" in stderr
+    [path] = (full_tmpfs / "perf").glob("*.perf.data")
+    report = run_perf(["report", "-i", str(path), "--stdio"], run.buildid_dir)
+    assert report.returncode == 0 and "work_heavy" in report.stdout
+
+
+def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
+    require_bpf()
+    run = Run(tmp_path)
+    workload = start_workload(two_function_binary, 6)
+    reference = tmp_path / "perf-record.data"
+    try:
+        config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
+        env = dict(os.environ, PERF_BUILDID_DIR=str(run.buildid_dir))
+        recorder = subprocess.Popen(
+            [
+                perf_path(),
+                "record",
+                "-F",
+                "99",
+                "-g",
+                "-p",
+                str(workload.pid),
+                "-o",
+                str(reference),
+                "--",
+                "sleep",
+                "3",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            env=env,
+        )
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
+        recorder.wait(timeout=30)
+    finally:
+        workload.kill()
+        workload.wait()
+    assert done.returncode == 0, done.stderr.decode()
+    names = tuple(TWO_FUNCTION_SHARES)
+
+    ours = inclusive_shares(parse_script(run_perf(["script", "-i", str(run.perf_file)], run.buildid_dir).stdout), names)
+    theirs = inclusive_shares(parse_script(run_perf(["script", "-i", str(reference)], run.buildid_dir).stdout), names)
+
+    for name in names:
+        assert abs(float(ours[name]) - float(theirs[name])) <= 0.05, (name, float(ours[name]), float(theirs[name]))
