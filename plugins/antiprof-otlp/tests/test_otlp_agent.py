@@ -1,0 +1,127 @@
+"""``antiprof run`` with the otlp sink, as a user runs it: SIGTERM flushes the queue, and the real
+sampler's two-function workload arrives decoded with the right shares after a first UNAVAILABLE."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from antiprof_otlp.reading import decoded_samples, index_problems
+from antiprof_otlp.testing import ProfilesReceiver, Reply, serve
+
+from antiprof_core.testing import antiprof_command, require_bpf
+from antiprof_core.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_two_function_workload
+
+OTEL_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS")
+
+
+def environment() -> dict[str, str]:
+    return {key: value for key, value in os.environ.items() if key not in OTEL_VARIABLES}
+
+
+def otlp_section(port: int) -> str:
+    return f"""
+[consumers.otlp]
+endpoint = "127.0.0.1:{port}"
+insecure = true
+retry_initial_backoff = "50ms"
+retry_max_backoff = "200ms"
+"""
+
+
+def test_sigterm_flushes_the_queue(tmp_path: Path):
+    receiver = ProfilesReceiver(default=Reply(delay=0.3))  # slower than the windows come: a backlog builds
+    with serve(receiver) as port:
+        config = tmp_path / "antiprof.toml"
+        config.write_text(
+            """
+[sampler]
+source = "synthetic"
+window = "100ms"
+[sampler.synthetic]
+processes = 2
+stacks = 20
+depth = 6
+"""
+            + otlp_section(port)
+        )
+        agent = subprocess.Popen(
+            antiprof_command("run", "-c", str(config)), stderr=subprocess.PIPE, text=True, env=environment()
+        )
+        try:
+            assert receiver.wait_for(2, timeout=30), "the agent delivered nothing"
+            agent.send_signal(signal.SIGTERM)
+            _, stderr = agent.communicate(timeout=30)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+    assert agent.returncode == 0, stderr
+    delivered = re.search(r"consumer 'otlp': (\d+) delivered, (\d+) dropped, (\d+) errors", stderr)
+    assert delivered, stderr
+    windows, dropped, errors = map(int, delivered.groups())
+    assert (dropped, errors) == (0, 0)
+    assert windows >= 4  # more than were sent before the signal: the backlog was flushed
+    assert len(receiver.requests) == windows
+    starts = [r.resource_profiles[0].scope_profiles[0].profiles[0].time_unix_nano for r in receiver.requests]
+    assert starts == sorted(set(starts))
+    assert "not delivered" not in stderr
+
+
+@pytest.mark.bpf
+def test_real_sampler_two_function_workload_arrives_with_true_shares(tmp_path: Path):
+    require_bpf()
+    program = build_two_function_workload(tmp_path)
+    workload = subprocess.Popen([str(program), "60"])
+    receiver = ProfilesReceiver([Reply(grpc.StatusCode.UNAVAILABLE)])
+    try:
+        with serve(receiver) as port:
+            config = tmp_path / "antiprof.toml"
+            config.write_text(
+                f"""
+[sampler]
+source = "bpf"
+frequency_hz = 199
+window = "1s"
+pids = [{workload.pid}]
+"""
+                + otlp_section(port)
+            )
+            started = time.monotonic()
+            run = subprocess.run(
+                antiprof_command("run", "-c", str(config), "--duration", "4s"),
+                capture_output=True,
+                text=True,
+                env=environment(),
+                timeout=120,
+            )
+            assert run.returncode == 0, run.stderr
+            assert time.monotonic() - started < 120
+    finally:
+        workload.kill()
+        workload.wait()
+    assert receiver.calls[0].code is grpc.StatusCode.UNAVAILABLE
+    assert receiver.requests, run.stderr
+    samples = []
+    for request in receiver.requests:
+        assert index_problems(request) == []
+        samples += [s for s in decoded_samples(request) if s.resource["process.pid"] == workload.pid]
+    total = sum(s.count for s in samples)
+    assert total >= 199  # at least a second's worth
+    for function, truth in TWO_FUNCTION_SHARES.items():
+        hits = sum(s.count for s in samples if any(f.function == function for f in s.frames))
+        assert abs(hits / total - truth) < 0.05, (function, hits, total)
+    resource = samples[0].resource
+    assert resource["process.executable.path"] == str(program)
+    assert resource["service.name"] == program.name
+    heavy = next(s for s in samples if any(f.function == "work_heavy" for f in s.frames))
+    names = [f.function for f in heavy.frames]
+    below = names[names.index("work_heavy") + 1 :]
+    assert [name for name in below if name in TWO_FUNCTION_CALLERS] == list(TWO_FUNCTION_CALLERS)
+    frame = heavy.frames[names.index("work_heavy")]
+    assert frame.frame_type == "native" and frame.mapping_path == str(program) and frame.build_id
