@@ -28,33 +28,60 @@ SCHEMA_VERSION = 1
 _leaf = cattrs.Converter()
 
 
-class _Table:
-    """Assigns each distinct object an index, in order of first appearance."""
+class _Numbering(dict[int, int]):
+    """id(obj) -> position in order of first appearance; ``__missing__`` numbers a new one."""
+
+    __slots__ = ()
+
+    def __missing__(self, key: int) -> int:
+        number = self[key] = len(self)
+        return number
+
+
+class _FrameTable:
+    """Numbers frames by identity: frames are shared objects, and ``map`` over ids runs in C
+    without hashing attrs instances field by field (the hot path of a 50k-stack window)."""
 
     def __init__(self) -> None:
-        self.index: dict[Any, int] = {}
-        self.items: list[Any] = []
+        self._numbering = _Numbering()
+        self._number = self._numbering.__getitem__
+        self._by_number: dict[int, Frame] = {}
 
-    def add(self, item: Any) -> int:
-        found = self.index.get(item)
+    def numbers(self, stack: tuple[Frame, ...]) -> list[int]:
+        known = len(self._numbering)
+        numbers = list(map(self._number, map(id, stack)))
+        if len(self._numbering) != known:  # new frames: keep the objects (in C, via zip)
+            self._by_number.update(zip(numbers, stack, strict=True))
+        return numbers
+
+    @property
+    def frames(self) -> list[Frame]:
+        return [self._by_number[number] for number in range(len(self._numbering))]
+
+
+class _MappingTable:
+    """Mappings are few: dedupe by value (equal mappings of two processes are one entry)."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, int] = {}
+        self._by_value: dict[Mapping, int] = {}
+
+    def number(self, mapping: Mapping) -> int:
+        found = self._by_id.get(id(mapping))
         if found is None:
-            found = self.index[item] = len(self.items)
-            self.items.append(item)
+            found = self._by_id[id(mapping)] = self._by_value.setdefault(mapping, len(self._by_value))
         return found
+
+    def mappings(self) -> list[Mapping]:
+        return list(self._by_value)
+
+
+_KIND_NAMES = {kind: kind.value for kind in FrameKind}
 
 
 def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
-    mappings = _Table()
-    frames = _Table()
-    frame_index: dict[int, int] = {}  # id(frame) -> index: frames are shared objects, skip hashing them
-
-    def frame_ref(frame: Frame) -> int:
-        key = id(frame)
-        found = frame_index.get(key)
-        if found is None:
-            found = frame_index[key] = frames.add(frame)
-        return found
-
+    mappings = _MappingTable()
+    frames = _FrameTable()
     samples = [
         {
             "pid": s.pid,
@@ -62,7 +89,7 @@ def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
             "cpu": s.cpu,
             "thread_name": s.thread_name,
             "count": s.count,
-            "stack": [frame_ref(f) for f in s.stack],
+            "stack": frames.numbers(s.stack),
             **({"timestamps": list(s.timestamps)} if s.timestamps else {}),
         }
         for s in window.samples
@@ -70,12 +97,12 @@ def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
     frame_dicts = [
         {
             "address": f.address,
-            "kind": f.kind.value,
+            "kind": _KIND_NAMES[f.kind],
             "symbol": f.symbol,
             "offset": f.offset,
-            "mapping": None if f.mapping is None else mappings.add(f.mapping),
+            "mapping": None if f.mapping is None else mappings.number(f.mapping),
         }
-        for f in frames.items
+        for f in frames.frames
     ]
     processes = [
         {
@@ -84,7 +111,7 @@ def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
             "executable": p.executable,
             "command_line": list(p.command_line),
             "container_id": p.container_id,
-            "mappings": [mappings.add(m) for m in p.mappings],
+            "mappings": [mappings.number(m) for m in p.mappings],
         }
         for p in window.processes.values()
     ]
@@ -99,7 +126,7 @@ def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
         "host": _leaf.unstructure(window.host),
         "counters": _leaf.unstructure(window.counters),
         "processes": processes,
-        "mappings": [_leaf.unstructure(m) for m in mappings.items],
+        "mappings": [_leaf.unstructure(m) for m in mappings.mappings()],
         "frames": frame_dicts,
         "samples": samples,
     }

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 
+import orjson
 from attrs import frozen
 
 from antiprof_core import Consumer, ConsumerContext, ConsumerType, ProfileWindow, hookimpl
@@ -42,7 +42,7 @@ class JsonLinesConsumer(Consumer):
         return self._fd
 
     def consume(self, window: ProfileWindow) -> None:
-        line = json.dumps(window_to_dict(window), separators=(",", ":")).encode() + b"\n"
+        line = orjson.dumps(window_to_dict(window), option=orjson.OPT_APPEND_NEWLINE)
         try:
             self._write(line)
         except OSError as exc:
