@@ -7,14 +7,11 @@ does, once the bytes are safely written, so a failed write can simply be retried
 
 from __future__ import annotations
 
-from operator import attrgetter
-
 from attrs import field, frozen
 
 from antiprof_core.model import FrameKind, Mapping, ProfileWindow, SamplingMode
 from antiprof_perfdata import layout
 
-_address = attrgetter("address")
 _KERNEL = FrameKind.KERNEL
 KERNEL_MAP_SUFFIX = "_text"  # names the relocation symbol, as perf record writes it
 
@@ -202,37 +199,52 @@ class RecordEncoder:
         records = 0
         for sample in window.samples:
             stack = sample.stack
-            addresses = list(map(_address, stack))
-            kernel_depth = 0
-            for frame in stack:
-                if frame.kind is not _KERNEL:
-                    break
-                kernel_depth += 1
-            if kernel_depth == 0:
-                chain = [user_marker, *addresses] if addresses else addresses
-                misc = misc_user
-            elif kernel_depth == len(addresses):
-                chain = [kernel_marker, *addresses]
-                misc = misc_kernel
+            chain = [frame.address for frame in stack]
+            depth = len(chain)
+            if depth and stack[0].kind is _KERNEL:
+                ip, misc = chain[0], misc_kernel
+                kernel_depth = 1
+                while kernel_depth < depth and stack[kernel_depth].kind is _KERNEL:
+                    kernel_depth += 1
+                if kernel_depth < depth:
+                    chain.insert(kernel_depth, user_marker)
+                chain.insert(0, kernel_marker)
+            elif depth:
+                ip, misc = chain[0], misc_user
+                chain.insert(0, user_marker)
             else:
-                chain = [kernel_marker, *addresses[:kernel_depth], user_marker, *addresses[kernel_depth:]]
-                misc = misc_kernel
-            ip = addresses[0] if addresses else 0
+                ip, misc = 0, misc_user
             nr = len(chain)
             packer = sample_struct(nr)
             size = base_size + 8 * nr
-            pid, tid, cpu = sample.pid, sample.tid, sample.cpu
             if trace and sample.timestamps:
+                pid, tid, cpu = sample.pid, sample.tid, sample.cpu
                 for time in sample.timestamps:
                     append(packer.pack(record_type, misc, size, ip, pid, tid, time, cpu, 0, period, nr, *chain))
                 records += len(sample.timestamps)
             elif expand:
-                record = packer.pack(record_type, misc, size, ip, pid, tid, start, cpu, 0, period, nr, *chain)
+                record = packer.pack(
+                    record_type, misc, size, ip, sample.pid, sample.tid, start, sample.cpu, 0, period, nr, *chain
+                )
                 append(record * sample.count)
                 records += sample.count
             else:
+                count = sample.count
                 append(
-                    packer.pack(record_type, misc, size, ip, pid, tid, start, cpu, 0, period * sample.count, nr, *chain)
+                    packer.pack(
+                        record_type,
+                        misc,
+                        size,
+                        ip,
+                        sample.pid,
+                        sample.tid,
+                        start,
+                        sample.cpu,
+                        0,
+                        period * count,
+                        nr,
+                        *chain,
+                    )
                 )
                 records += 1
         return records

@@ -33,13 +33,16 @@ class ElfWindows:
 
     def __init__(self, binary: Path) -> None:
         from elftools.elf.elffile import ELFFile
+        from elftools.elf.sections import NoteSection, SymbolTableSection
 
         with binary.open("rb") as handle:
             elf = ELFFile(handle)
             symtab = elf.get_section_by_name(".symtab")
+            assert isinstance(symtab, SymbolTableSection)
             self.symbols = {s.name: s["st_value"] for s in symtab.iter_symbols() if s["st_info"]["type"] == "STT_FUNC"}
             text = next(s for s in elf.iter_segments() if s["p_type"] == "PT_LOAD" and s["p_flags"] & 1)
             note = elf.get_section_by_name(".note.gnu.build-id")
+            assert isinstance(note, NoteSection)
             self.build_id = next(n for n in note.iter_notes() if n["n_type"] == "NT_GNU_BUILD_ID")["n_desc"]
         start = PIE_BASE + (text["p_vaddr"] & ~(PAGE - 1))
         end = PIE_BASE + ((text["p_vaddr"] + text["p_memsz"] + PAGE - 1) & ~(PAGE - 1))

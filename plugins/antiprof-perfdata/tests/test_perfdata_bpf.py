@@ -17,6 +17,7 @@ import pytest
 from antiprof_perfdata.perftool import ScriptSample, parse_script, perf_path, run_perf
 
 from antiprof_core.codec import window_from_dict
+from antiprof_core.elf import read_elf
 from antiprof_core.host import read_host
 from antiprof_core.model import ProfileWindow
 from antiprof_core.testing import require_bpf
@@ -146,8 +147,6 @@ def test_shares_equal_the_windows_own_counts_and_the_truth(two_function_run):
 
 
 def test_header_and_build_ids_describe_the_run(two_function_run, two_function_binary):
-    from elftools.elf.elffile import ELFFile
-
     run = two_function_run
     header = run_perf(["report", "-i", str(run.perf_file), "--header-only"], run.buildid_dir)
     listed = run_perf(["buildid-list", "-i", str(run.perf_file)], run.buildid_dir)
@@ -157,9 +156,7 @@ def test_header_and_build_ids_describe_the_run(two_function_run, two_function_bi
     assert f"# nrcpus avail : {host.cpu_count}\n" in header.stdout
     assert f"# cmdline : {ANTIPROF} run -c {run.base / 'antiprof.toml'} --duration 3s" in header.stdout
     assert "# event : name = cpu-clock," in header.stdout
-    with two_function_binary.open("rb") as handle:
-        note = ELFFile(handle).get_section_by_name(".note.gnu.build-id")
-        build_id = next(iter(note.iter_notes()))["n_desc"]
+    build_id = read_elf(two_function_binary).build_id
     assert f"{build_id} {two_function_binary}" in listed.stdout.splitlines()
 
 

@@ -123,7 +123,7 @@ def test_pipe_mode_reads_through_cat(tmp_path, buildid_dir, elf_windows, host):
     assert (script.returncode, script.stderr.decode()) == (0, "")
     samples = parse_script(script.stdout.decode())
     assert len(samples) == 6
-    assert sorted(s.leaf for s in samples) == sorted([names[0] for names in STACKS] * 2)
+    assert sorted(str(s.leaf) for s in samples) == sorted([names[0] for names in STACKS] * 2)
     assert stream_path.read_bytes()[:16] == layout.PIPE_HEADER.pack(b"PERFILE2", 16)
 
 
