@@ -1,0 +1,204 @@
+"""perf.data writer: throughput on synthetic windows, file size per sample, agreement with perf record.
+
+    .venv/bin/python benchmarks/perfdata.py [--stacks 50000] [--depth 32] [--rounds 5] [--no-bpf]
+
+Prints figures and ratios against references measured in the same run:
+1. stack records per second writing a 50k-stack, depth-32 window (target >= 300k/s on one core),
+   against the JSON sink's encoding of the same window;
+2. bytes per sample of our files against what `perf record -g` writes for the same stacks (its
+   SAMPLE layout read from a real `perf record` file made in this run);
+3. with real eBPF: the two-function workload profiled by `perf record -F 99 -g` and by the agent at
+   the same time: function shares side by side, and bytes per sample of both files.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+from antiprof_perfdata.perftool import parse_script, perf_path, run_perf
+from antiprof_perfdata.writer import PerfDataFile
+
+from antiprof_core.codec import window_to_dict
+from antiprof_core.model import ProfileWindow
+from antiprof_core.synthetic import synthetic_window
+
+TARGET_RECORDS_PER_SECOND = 300_000
+SAMPLE_WORDS = {
+    "IP": 1,
+    "TID": 1,
+    "TIME": 1,
+    "ADDR": 1,
+    "ID": 1,
+    "STREAM_ID": 1,
+    "CPU": 1,
+    "PERIOD": 1,
+    "IDENTIFIER": 1,
+}
+
+
+def best_rate(rounds: int, count: int, action) -> tuple[float, float]:
+    """(best, median) of count / seconds over ``rounds`` runs of ``action``."""
+    rates = []
+    for _ in range(rounds):
+        started = time.perf_counter()
+        action()
+        rates.append(count / (time.perf_counter() - started))
+    return max(rates), statistics.median(rates)
+
+
+def writer_throughput(window: ProfileWindow, rounds: int, directory: Path) -> None:
+    path = directory / "throughput.perf.data"
+    out = PerfDataFile(path, window.host, window.frequency_hz)
+    out.write(window)  # the first window also carries COMM and MMAP2 records; measure the steady state
+    records = len(window.samples)
+    ours, ours_median = best_rate(rounds, records, lambda: out.write(window))
+    out.close()
+    json_rate, json_median = best_rate(
+        rounds, records, lambda: json.dumps(window_to_dict(window), separators=(",", ":")).encode()
+    )
+    print("## Writer throughput (one core, steady state, encode + write)")
+    print(f"window: {records} unique stacks, depth {len(window.samples[0].stack)}")
+    print("| writer | best records/s | median records/s |")
+    print("|---|---|---|")
+    print(f"| perfdata (this plugin) | {ours:,.0f} | {ours_median:,.0f} |")
+    print(f"| json sink encoding (reference) | {json_rate:,.0f} | {json_median:,.0f} |")
+    print(
+        f"ratio perfdata/json: {ours / json_rate:.2f}x; target {TARGET_RECORDS_PER_SECOND:,}/s: "
+        f"{'met' if ours >= TARGET_RECORDS_PER_SECOND else 'NOT met'} ({ours / TARGET_RECORDS_PER_SECOND:.2f}x)"
+    )
+    print()
+
+
+def perf_record_sample_words(directory: Path) -> int:
+    """Words in perf record -g's SAMPLE before the callchain, from a real file's sample_type."""
+    data = directory / "layout.perf.data"
+    subprocess.run(
+        [perf_path(), "record", "-q", "-F", "99", "-g", "-o", str(data), "--", "true"],
+        capture_output=True,
+        check=True,
+        env=dict(os.environ, PERF_BUILDID_DIR=str(directory / "buildid")),
+    )
+    header = run_perf(["report", "-i", str(data), "--header-only"], directory / "buildid").stdout
+    match = re.search(r"sample_type = ([A-Z_|]+)", header)
+    assert match, "no sample_type in perf record's header"
+    return sum(SAMPLE_WORDS.get(name, 0) for name in match.group(1).split("|"))
+
+
+def size_per_sample(window: ProfileWindow, directory: Path) -> None:
+    words = perf_record_sample_words(directory)
+    perf_bytes = 0
+    for sample in window.samples:
+        kernel = sum(1 for f in sample.stack if f.kind.value == "kernel")
+        markers = (1 if kernel else 0) + (1 if kernel < len(sample.stack) else 0)
+        perf_bytes += sample.count * 8 * (1 + words + 1 + markers + len(sample.stack))  # header, fields, nr, chain
+    print("## File size per sample, synthetic stacks (whole file: records and header features)")
+    print("| file | bytes | bytes per sample | vs perf record -g |")
+    print("|---|---|---|---|")
+    reference = perf_bytes / window.sample_count
+    for expand in (False, True):
+        path = directory / f"size-{expand}.perf.data"
+        with PerfDataFile(path, window.host, window.frequency_hz, expand_counts=expand) as out:
+            out.write(window)
+        size = path.stat().st_size
+        label = "expand_counts = true" if expand else "perfdata (aggregated, default)"
+        print(
+            f"| {label} | {size:,} | {size / window.sample_count:.1f} | {size / window.sample_count / reference:.2f}x |"
+        )
+    print(f"| perf record -g, same stacks (SAMPLE records only) | {perf_bytes:,} | {reference:.1f} | 1.00x |")
+    print(f"samples: {window.sample_count:,} in {len(window.samples):,} stacks (count 1-5 each)")
+    print()
+
+
+def side_by_side(directory: Path) -> None:
+    from antiprof_core.sampler import bpf_unavailable_reason
+    from antiprof_core.workloads import TWO_FUNCTION_SHARES, build_two_function_workload
+
+    reason = bpf_unavailable_reason()
+    if reason:
+        print(f"## Side by side with perf record: skipped ({reason})")
+        return
+    binary = build_two_function_workload(directory / "workload")
+    workload = subprocess.Popen([str(binary), "8"])
+    time.sleep(0.2)
+    perf_dir, buildid = directory / "agent", directory / "buildid"
+    config = directory / "agent.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [sampler]
+            frequency_hz = 99
+            window = "1s"
+            pids = [{workload.pid}]
+            [consumers.perfdata]
+            output_dir = "{perf_dir}"
+            """
+        )
+    )
+    reference = directory / "perf-record.data"
+    try:
+        recorder = subprocess.Popen(
+            [perf_path(), "record", "-q", "-F", "99", "-g", "-p", str(workload.pid), "-o", str(reference), "--",
+             "sleep", "5"],
+            env=dict(os.environ, PERF_BUILDID_DIR=str(buildid)),
+        )  # fmt: skip
+        agent = Path(sys.executable).parent / "antiprof"
+        subprocess.run([str(agent), "run", "-c", str(config), "--duration", "5s"], capture_output=True, check=True)
+        recorder.wait(timeout=60)
+    finally:
+        workload.kill()
+        workload.wait()
+    [ours] = perf_dir.glob("*.perf.data")
+    print("## Side by side: two-function workload, perf record -F 99 -g and the agent at the same time")
+    print("| function | truth | agent (perfdata) | perf record | difference |")
+    print("|---|---|---|---|---|")
+    shares, counts = {}, {}
+    for label, path in (("agent", ours), ("perf", reference)):
+        samples = parse_script(run_perf(["script", "-i", str(path)], buildid).stdout)
+        total = sum(s.period for s in samples) or 1
+        shares[label] = {
+            name: sum(s.period for s in samples if any(f.symbol == name for f in s.frames)) / total
+            for name in TWO_FUNCTION_SHARES
+        }
+        counts[label] = sum(s.period for s in samples) // (1_000_000_000 // 99) if label == "agent" else len(samples)
+    for name, truth in TWO_FUNCTION_SHARES.items():
+        agent_share, perf_share = shares["agent"][name], shares["perf"][name]
+        difference = abs(agent_share - perf_share) * 100
+        print(f"| {name} | {truth:.1%} | {agent_share:.1%} | {perf_share:.1%} | {difference:.1f} points |")
+    agent_size, perf_size = ours.stat().st_size, reference.stat().st_size
+    print()
+    print("| file | bytes | samples | bytes per sample |")
+    print("|---|---|---|---|")
+    print(f"| agent perf.data | {agent_size:,} | {counts['agent']:,} | {agent_size / max(counts['agent'], 1):.1f} |")
+    print(f"| perf record -g | {perf_size:,} | {counts['perf']:,} | {perf_size / max(counts['perf'], 1):.1f} |")
+    ratio = (agent_size / max(counts["agent"], 1)) / (perf_size / max(counts["perf"], 1))
+    print(f"ratio agent/perf record bytes per sample: {ratio:.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--stacks", type=int, default=50_000)
+    parser.add_argument("--depth", type=int, default=32)
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--no-bpf", action="store_true", help="skip the side-by-side run with perf record")
+    args = parser.parse_args()
+    window = synthetic_window(processes=50, stacks=args.stacks, depth=args.depth, seed=7)
+    with tempfile.TemporaryDirectory(prefix="antiprof-bench-") as temp:
+        directory = Path(temp)
+        writer_throughput(window, args.rounds, directory)
+        size_per_sample(window, directory)
+        if not args.no_bpf:
+            side_by_side(directory)
+
+
+if __name__ == "__main__":
+    main()
