@@ -38,50 +38,42 @@ class _Numbering(dict[int, int]):
         return number
 
 
-class _FrameTable:
-    """Numbers frames by identity: frames are shared objects, and ``map`` over ids runs in C
-    without hashing attrs instances field by field (the hot path of a 50k-stack window)."""
+class _Table:
+    """Numbers shared objects (frames, mappings) by identity, in order of first appearance.
+
+    ``map`` over ids runs in C and never hashes attrs instances field by field, which is what
+    makes a 50k-stack window cheap; equal objects that are not the same object get two entries,
+    which costs a little size and nothing in meaning.
+    """
 
     def __init__(self) -> None:
         self._numbering = _Numbering()
         self._number = self._numbering.__getitem__
-        self._by_number: dict[int, Frame] = {}
+        self._by_number: dict[int, Any] = {}
 
-    def numbers(self, stack: tuple[Frame, ...]) -> list[int]:
+    def number(self, item: Any) -> int:
+        number = self._number(id(item))
+        self._by_number.setdefault(number, item)
+        return number
+
+    def numbers(self, items: tuple[Any, ...]) -> list[int]:
         known = len(self._numbering)
-        numbers = list(map(self._number, map(id, stack)))
-        if len(self._numbering) != known:  # new frames: keep the objects (in C, via zip)
-            self._by_number.update(zip(numbers, stack, strict=True))
+        numbers = list(map(self._number, map(id, items)))
+        if len(self._numbering) != known:  # new objects: keep them (in C, via zip)
+            self._by_number.update(zip(numbers, items, strict=True))
         return numbers
 
     @property
-    def frames(self) -> list[Frame]:
+    def items(self) -> list[Any]:
         return [self._by_number[number] for number in range(len(self._numbering))]
-
-
-class _MappingTable:
-    """Mappings are few: dedupe by value (equal mappings of two processes are one entry)."""
-
-    def __init__(self) -> None:
-        self._by_id: dict[int, int] = {}
-        self._by_value: dict[Mapping, int] = {}
-
-    def number(self, mapping: Mapping) -> int:
-        found = self._by_id.get(id(mapping))
-        if found is None:
-            found = self._by_id[id(mapping)] = self._by_value.setdefault(mapping, len(self._by_value))
-        return found
-
-    def mappings(self) -> list[Mapping]:
-        return list(self._by_value)
 
 
 _KIND_NAMES = {kind: kind.value for kind in FrameKind}
 
 
 def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
-    mappings = _MappingTable()
-    frames = _FrameTable()
+    mappings = _Table()
+    frames = _Table()
     samples = [
         {
             "pid": s.pid,
@@ -102,7 +94,7 @@ def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
             "offset": f.offset,
             "mapping": None if f.mapping is None else mappings.number(f.mapping),
         }
-        for f in frames.frames
+        for f in frames.items
     ]
     processes = [
         {
@@ -111,7 +103,7 @@ def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
             "executable": p.executable,
             "command_line": list(p.command_line),
             "container_id": p.container_id,
-            "mappings": [mappings.number(m) for m in p.mappings],
+            "mappings": mappings.numbers(p.mappings),
         }
         for p in window.processes.values()
     ]
@@ -126,7 +118,7 @@ def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
         "host": _leaf.unstructure(window.host),
         "counters": _leaf.unstructure(window.counters),
         "processes": processes,
-        "mappings": [_leaf.unstructure(m) for m in mappings.mappings()],
+        "mappings": [_leaf.unstructure(m) for m in mappings.items],
         "frames": frame_dicts,
         "samples": samples,
     }
