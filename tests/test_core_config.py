@@ -81,8 +81,11 @@ BAD_CONFIGS = [
         ["agnet: unknown key (did you mean 'agent'?)"],
         id="misspelt-section",
     ),
-    pytest.param("[sampler\n", ["invalid TOML: Expected ']' at the end of a table declaration (at line 1, column 9)"],
-                 id="bad-toml"),
+    pytest.param(
+        "[sampler\n",
+        ["invalid TOML: Expected ']' at the end of a table declaration (at line 1, column 9)"],
+        id="bad-toml",
+    ),
 ]
 
 
