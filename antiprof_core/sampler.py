@@ -49,7 +49,8 @@ COUNTER_NAMES = (
     "counts_map_full",
 )
 STACK_ERROR_NAMES = COUNTER_NAMES[2:]
-MIN_STACKS = 1024
+MIN_STACKS = 4096
+HEADROOM = 4  # stack-map buckets per expected stack: fewer hash collisions, room for a late drain
 MAX_DEFAULT_STACKS = 65536
 MAX_PIDS = 8192
 SETTLE_SECONDS = 0.005  # a BPF program that read the old set index finishes within microseconds
@@ -102,12 +103,16 @@ def _next_power_of_two(value: int) -> int:
 
 
 def stack_map_size(config: SamplerConfig, cpus: int) -> int:
-    """Entries per stack map: ``max_stacks``, or room for two stacks (user, kernel) per possible
-    sample of a window, as a power of two between 1024 and 65536 (memory: about 1 KiB each)."""
+    """Entries per stack map (and per counts map): ``max_stacks``, or four per possible sample
+    of a window, as a power of two between 4096 and 65536.
+
+    Each entry of a stack map is preallocated at 8 x max_stack_depth bytes, and there are two
+    sets: at the default depth the largest default costs about 130 MiB of kernel memory.
+    """
     if config.max_stacks:
         return _next_power_of_two(config.max_stacks)
     samples = int(config.frequency_hz * cpus * float(config.window))
-    return min(max(_next_power_of_two(2 * samples), MIN_STACKS), MAX_DEFAULT_STACKS)
+    return min(max(_next_power_of_two(HEADROOM * samples), MIN_STACKS), MAX_DEFAULT_STACKS)
 
 
 def bpf_source() -> str:

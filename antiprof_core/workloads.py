@@ -30,7 +30,7 @@ SYSCALL_FUNCTION = "call_getppid"
 """The syscall workload's function that enters the kernel."""
 
 CFLAGS = (
-    "-O1",
+    "-O0",  # every function, leaves too, keeps its frame pointer
     "-g",
     "-fno-omit-frame-pointer",
     "-mno-omit-leaf-frame-pointer",
@@ -38,74 +38,92 @@ CFLAGS = (
     "-fno-optimize-sibling-calls",
 )
 
-_TWO_FUNCTION_SOURCE = r"""
-#include <stdlib.h>
-#include <time.h>
-
-static double now(void) {
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    return ts.tv_sec + ts.tv_nsec / 1e9;
-}
-
-volatile unsigned long sink;
-
-__attribute__((noinline)) void work_heavy(double end) {
-    unsigned long x = 0;
-    while (now() < end) {
-        for (int i = 0; i < 1000; i++) x += i * 3;
-    }
-    sink = x;
-}
-
-__attribute__((noinline)) void work_light(double end) {
-    unsigned long x = 0;
-    while (now() < end) {
-        for (int i = 0; i < 1000; i++) x += i * 5;
-    }
-    sink = x;
-}
-
-__attribute__((noinline)) void cycle(void) {
-    double start = now();
-    work_heavy(start + 0.020);
-    work_light(start + 0.030);
-}
-
-int main(int argc, char **argv) {
-    double seconds = argc > 1 ? atof(argv[1]) : 5.0;
-    double end = now() + seconds;
-    while (now() < end) cycle();
-    return 0;
-}
-"""
-
-_SYSCALL_SOURCE = r"""
+# Syscalls are made with an inline `syscall` instruction from our own frame-pointer function:
+# libc's wrappers have no frame pointer, and a sample taken inside one would hide its caller.
+_RAW_SYSCALL = r"""
 #define _GNU_SOURCE
 #include <stdlib.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/syscall.h>
 
-volatile long sink;
+#if defined(__x86_64__)
+static inline __attribute__((always_inline)) long raw_syscall2(long number, long a, long b) {
+    long result;
+    __asm__ volatile ("syscall" : "=a"(result) : "a"(number), "D"(a), "S"(b) : "rcx", "r11", "memory");
+    return result;
+}
+#else
+static inline long raw_syscall2(long number, long a, long b) { return syscall(number, a, b); }
+#endif
 
-__attribute__((noinline)) void call_getppid(void) {
-    for (int i = 0; i < 1000; i++) sink += syscall(SYS_getppid);
+static double wall_now(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+"""
+
+_TWO_FUNCTION_SOURCE = (
+    _RAW_SYSCALL
+    + r"""
+volatile unsigned long sink;
+
+/* The split is by this thread's CPU time, so it holds even when other processes compete. */
+__attribute__((noinline)) double cpu_now(void) {
+    struct timespec ts;
+    raw_syscall2(SYS_clock_gettime, CLOCK_THREAD_CPUTIME_ID, (long)&ts);
+    return ts.tv_sec + ts.tv_nsec / 1e9;
+}
+
+__attribute__((noinline)) void work_heavy(double end) {
+    unsigned long x = 0;
+    while (cpu_now() < end) {
+        for (int i = 0; i < 20000; i++) x += i * 3;
+    }
+    sink = x;
+}
+
+__attribute__((noinline)) void work_light(double end) {
+    unsigned long x = 0;
+    while (cpu_now() < end) {
+        for (int i = 0; i < 20000; i++) x += i * 5;
+    }
+    sink = x;
+}
+
+__attribute__((noinline)) void cycle(void) {
+    double start = cpu_now();
+    work_heavy(start + 0.020);
+    work_light(start + 0.030);
 }
 
 int main(int argc, char **argv) {
     double seconds = argc > 1 ? atof(argv[1]) : 5.0;
-    struct timespec ts;
-    clock_gettime(CLOCK_MONOTONIC, &ts);
-    double end = ts.tv_sec + ts.tv_nsec / 1e9 + seconds;
-    for (;;) {
-        call_getppid();
-        clock_gettime(CLOCK_MONOTONIC, &ts);
-        if (ts.tv_sec + ts.tv_nsec / 1e9 >= end) break;
-    }
+    double end = wall_now() + seconds;
+    while (wall_now() < end) cycle();
     return 0;
 }
 """
+)
+
+_SYSCALL_SOURCE = (
+    _RAW_SYSCALL
+    + r"""
+volatile long sink;
+
+__attribute__((noinline)) void call_getppid(void) {
+    for (int i = 0; i < 1000; i++) sink += raw_syscall2(SYS_getppid, 0, 0);
+}
+
+int main(int argc, char **argv) {
+    double seconds = argc > 1 ? atof(argv[1]) : 5.0;
+    double end = wall_now() + seconds;
+    while (wall_now() < end) call_getppid();
+    return 0;
+}
+"""
+)
 
 
 class WorkloadBuildError(RuntimeError):
@@ -132,10 +150,10 @@ def compile_c(source: str, output: Path) -> Path:
 
 
 def build_two_function_workload(directory: Path) -> Path:
-    """``prog SECONDS``: each 30 ms cycle spends 20 ms in work_heavy and 10 ms in work_light."""
+    """``prog SECONDS``: each 30 ms of CPU time, 20 ms go to work_heavy and 10 ms to work_light."""
     return compile_c(_TWO_FUNCTION_SOURCE, Path(directory) / "two_functions")
 
 
 def build_syscall_workload(directory: Path) -> Path:
-    """``prog SECONDS``: getppid() through syscall(2) in a loop from ``call_getppid``."""
+    """``prog SECONDS``: getppid() in a loop, entered from ``call_getppid`` itself."""
     return compile_c(_SYSCALL_SOURCE, Path(directory) / "syscall_loop")
