@@ -15,7 +15,7 @@ from antiprof_otlp.config import OtlpConfig
 from antiprof_otlp.delivery import Batch, DeliveryStats, Sender
 from antiprof_otlp.retry import Backoff
 from antiprof_otlp.settings import resolve_settings
-from antiprof_otlp.transform import TransformOptions, encode_window
+from antiprof_otlp.transform import TransformOptions, encode_window, frame_count
 
 
 class OtlpConsumer(Consumer):
@@ -25,6 +25,7 @@ class OtlpConsumer(Consumer):
         self.settings = resolve_settings(config, environ, f"consumers.{context.name}")
         self._options = TransformOptions(config.service_name, int(config.max_request_bytes))
         self._logger = context.logger
+        self._bytes_per_frame = 0.0  # from the last window: big windows are split before encoding
         self._sender = Sender(
             name=context.name,
             settings=self.settings,
@@ -46,7 +47,10 @@ class OtlpConsumer(Consumer):
         )
 
     def consume(self, window: ProfileWindow) -> None:
-        requests = encode_window(window, self._options)
+        requests = encode_window(window, self._options, self._bytes_per_frame)
+        frames = frame_count(window)
+        if requests and frames:
+            self._bytes_per_frame = sum(len(request.payload) for request in requests) / frames
         if requests:
             self._sender.offer(Batch(requests=tuple(requests), window_start_ns=window.start_ns))
 

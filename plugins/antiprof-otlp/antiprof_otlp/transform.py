@@ -100,7 +100,9 @@ class _Dictionary:
         self._locations: dict[tuple[int, int, int, int], int] = {}
         self._stacks: dict[tuple[int, ...], int] = {}
         self._thread_attributes: dict[tuple[int, str, int], list[int]] = {}
-        self._frame_types = {kind: self.attribute(FRAME_TYPE, kind.value) for kind in FrameKind}
+        self._frame_types = {kind.value: self.attribute(FRAME_TYPE, kind.value) for kind in FrameKind}
+        self._location_table = message.location_table
+        self._function_table = message.function_table
 
     def string(self, text: str) -> int:
         index = self._strings.get(text)
@@ -123,10 +125,12 @@ class _Dictionary:
 
     def function(self, name: str) -> int:
         index = self._functions.get(name)
-        if index is None:
-            index = self._functions[name] = len(self._functions) + 1
-            name_index = self.string(name)
-            self.message.function_table.add(name_strindex=name_index, system_name_strindex=name_index)
+        return self._new_function(name) if index is None else index
+
+    def _new_function(self, name: str) -> int:
+        index = self._functions[name] = len(self._functions) + 1
+        name_index = self.string(name)
+        self._function_table.add(name_strindex=name_index, system_name_strindex=name_index)
         return index
 
     def mapping(self, mapping: Mapping) -> int:
@@ -151,8 +155,10 @@ class _Dictionary:
 
     def location(self, frame: Frame) -> int:
         index = self._locations_by_frame.get(id(frame))
-        if index is not None:
-            return index
+        return self._new_location(frame) if index is None else index
+
+    def _new_location(self, frame: Frame) -> int:
+        """A frame not seen by identity yet: find or add its location by value (the hot miss path)."""
         mapping = frame.mapping
         if mapping is None and frame.kind is FrameKind.KERNEL:
             mapping = self._host.kernel
@@ -160,14 +166,18 @@ class _Dictionary:
         if mapping is not None:
             mapping_index = self._mappings_by_id.get(id(mapping)) or self.mapping(mapping)
         symbol = frame.symbol
-        function_index = (self._functions.get(symbol) or self.function(symbol)) if symbol else 0
-        frame_type = self._frame_types[frame.kind]
-        identity = (mapping_index, frame.address, function_index, frame_type)
-        index = self._locations.get(identity)
+        function_index = 0
+        if symbol:
+            function_index = self._functions.get(symbol) or self._new_function(symbol)
+        frame_type = self._frame_types[frame.kind._value_]
+        address = frame.address
+        identity = (mapping_index, address, function_index, frame_type)
+        locations = self._locations
+        index = locations.get(identity)
         if index is None:
-            index = self._locations[identity] = len(self._locations) + 1
-            location = self.message.location_table.add(
-                mapping_index=mapping_index, address=frame.address, attribute_indices=(frame_type,)
+            index = locations[identity] = len(locations) + 1
+            location = self._location_table.add(
+                mapping_index=mapping_index, address=address, attribute_indices=(frame_type,)
             )
             if function_index:
                 location.lines.add(function_index=function_index)
@@ -175,12 +185,14 @@ class _Dictionary:
         return index
 
     def stack(self, frames: Sequence[Frame]) -> int:
-        known = self._locations_by_frame.get  # the hot path: most frames were seen before
-        location = self.location
-        identity = tuple([known(id(frame)) or location(frame) for frame in frames])
-        index = self._stacks.get(identity)
+        # The hot path: most frames were seen before, so look them all up at C speed first.
+        identity = tuple(map(self._locations_by_frame.get, map(id, frames)))
+        if None in identity:
+            new = self._new_location  # a frame twice in one stack is found by value the second time
+            identity = tuple([index or new(frame) for index, frame in zip(identity, frames, strict=True)])
+        index = self._stacks.get(identity)  # type: ignore[arg-type]
         if index is None:
-            index = self._stacks[identity] = len(self._stacks) + 1
+            index = self._stacks[identity] = len(self._stacks) + 1  # type: ignore[index]
             self.message.stack_table.add(location_indices=identity)
         return index
 
@@ -301,26 +313,41 @@ class EncodedRequest:
     samples: int  # sum of counts
 
 
-def encode_window(window: ProfileWindow, options: TransformOptions) -> list[EncodedRequest]:
+def encode_window(
+    window: ProfileWindow, options: TransformOptions, bytes_per_frame: float = 0.0
+) -> list[EncodedRequest]:
     """The window as one or more serialized requests, in order, none over ``max_request_bytes`` if
     it can be helped: a request that is too big is cut by resource into as many parts as its size
-    suggests, and again until each part fits or holds a single process."""
+    suggests, and again until each part fits or holds a single process.
+
+    ``bytes_per_frame`` (request bytes over stack frames, as measured on an earlier window) lets a
+    window that will clearly not fit be cut up front, instead of being encoded whole first.
+    """
     groups = samples_by_process(window)
     if not groups:
         return []
-    out: list[EncodedRequest] = []
+    frames = {pid: sum(len(sample.stack) for sample in samples) for pid, samples in groups.items()}
+    limit = options.max_request_bytes
     pending: list[list[int]] = [list(groups)]
+    expected = bytes_per_frame * sum(frames.values())
+    if limit and expected > limit and len(groups) > 1:
+        parts = min(len(groups), -(-int(expected * 1.1) // limit))
+        pending = split_evenly(pending[0], list(frames.values()), parts)
+    out: list[EncodedRequest] = []
     while pending:
         pids = pending.pop(0)
         payload = build_request(window, groups, pids, options).SerializeToString()
-        limit = options.max_request_bytes
         if limit and len(payload) > limit and len(pids) > 1:
             parts = min(len(pids), max(2, -(-len(payload) * 5 // (limit * 4))))  # 25% room for repeated strings
-            pending[:0] = split_evenly(pids, [len(groups[pid]) for pid in pids], parts)
+            pending[:0] = split_evenly(pids, [frames[pid] for pid in pids], parts)
             continue
         count = sum(sample.count for pid in pids for sample in groups[pid])
         out.append(EncodedRequest(payload=payload, processes=len(pids), samples=count))
     return out
+
+
+def frame_count(window: ProfileWindow) -> int:
+    return sum(len(sample.stack) for sample in window.samples)
 
 
 def split_evenly(items: list[int], weights: list[int], parts: int) -> list[list[int]]:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import attrs
 import pytest
 from antiprof_otlp.reading import decoded_samples, index_problems
-from antiprof_otlp.transform import SCOPE_NAME, TransformOptions, encode_window
+from antiprof_otlp.transform import SCOPE_NAME, TransformOptions, encode_window, frame_count
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import ExportProfilesServiceRequest
 
 from antiprof_core.model import Frame, FrameKind, Mapping, Process, Sample, SamplingMode
@@ -192,6 +192,21 @@ def test_oversized_window_is_split_by_resource_in_order(limit):
         ]
     assert pids == list(dict.fromkeys(s.pid for s in window.samples))  # each process once, in order
     assert sum(part.samples for part in parts) == window.sample_count
+
+
+def test_size_learned_from_an_earlier_window_splits_up_front_with_the_same_result():
+    window = synthetic_window(processes=40, stacks=800, depth=16)
+    options = TransformOptions(max_request_bytes=30_000)
+    learned = encode_window(window, options)
+    bytes_per_frame = sum(len(part.payload) for part in learned) / frame_count(window)
+    parts = encode_window(window, options, bytes_per_frame)
+    assert len(parts) > 1 and all(len(part.payload) <= 30_000 for part in parts)
+    decoded = [d for part in parts for d in decoded_samples(decode(part.payload))]
+    pids = list(dict.fromkeys(d.resource["process.pid"] for d in decoded))
+    assert pids == list(dict.fromkeys(s.pid for s in window.samples))
+    assert sum(d.count for d in decoded) == window.sample_count
+    # a wildly wrong estimate still ends with parts that fit
+    assert all(len(p.payload) <= 30_000 for p in encode_window(window, options, bytes_per_frame / 10))
 
 
 def test_single_process_larger_than_the_limit_is_sent_whole():
