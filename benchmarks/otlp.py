@@ -19,10 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from antiprof_otlp.transform import TransformOptions, encode_window, frame_count
+
 from antiprof_core.codec import window_to_dict
 from antiprof_core.testing import synthetic_window
-
-from antiprof_otlp.transform import TransformOptions, encode_window, frame_count
 
 STACKS, DEPTH, PROCESSES = 50_000, 32, 2_000
 TARGET_SAMPLES_PER_SECOND = 100_000
