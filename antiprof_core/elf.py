@@ -202,10 +202,14 @@ def read_elf_stream(stream: BinaryIO, path: str, debug_root: Path = DEBUG_ROOT) 
     )
 
 
-def read_elf(path: str | Path, debug_root: Path = DEBUG_ROOT) -> ElfInfo:
-    """Read one ELF file from disk; raises OSError or ELFError."""
+def read_elf(path: str | Path, debug_root: Path = DEBUG_ROOT, name: str | None = None) -> ElfInfo:
+    """Read one ELF file from disk; raises OSError or ELFError.
+
+    ``name`` is the file's path as the process sees it, when ``path`` is another way to it
+    (``/proc/PID/root/...``): debug files are looked for next to ``name``.
+    """
     with open(path, "rb") as stream:
-        return read_elf_stream(stream, str(path), debug_root)
+        return read_elf_stream(stream, name or str(path), debug_root)
 
 
 def read_elf_bytes(data: bytes, path: str) -> ElfInfo:

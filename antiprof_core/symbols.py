@@ -24,7 +24,7 @@ from attrs import define, field
 from elftools.common.exceptions import ELFError
 
 from antiprof_core import procfs
-from antiprof_core.elf import ElfInfo, SymbolTable, read_elf, read_elf_bytes
+from antiprof_core.elf import DEBUG_ROOT, ElfInfo, SymbolTable, read_elf, read_elf_bytes
 from antiprof_core.kallsyms import read_kallsyms
 from antiprof_core.model import Frame, FrameKind, Mapping, Process
 from antiprof_core.perfmap import PerfMap, perf_map_path
@@ -108,10 +108,12 @@ class Symbolizer:
         max_files: int = 512,
         logger: logging.Logger | None = None,
         proc: Path = procfs.PROC,
+        debug_root: Path = DEBUG_ROOT,
     ) -> None:
         self.kernel_mapping = kernel_mapping
         self._logger = logger or logging.getLogger("antiprof.symbols")
         self._proc = proc
+        self._debug_root = debug_root
         self._lock = threading.Lock()
         self._processes: dict[int, ProcessState] = {}
         self._elf_files: LruCache[tuple[int, int, str], ElfInfo | bool] = LruCache(max_files)
@@ -234,15 +236,7 @@ class Symbolizer:
         info: ElfInfo | None = None
         for candidate in (f"{self._proc}/{pid}/root{path}", path):
             try:
-                info = read_elf(candidate)
-                info = ElfInfo(
-                    path=path,
-                    build_id=info.build_id,
-                    segments=info.segments,
-                    symbols=info.symbols,
-                    debuglink=info.debuglink,
-                    symbols_from=info.symbols_from,
-                )
+                info = read_elf(candidate, self._debug_root, name=path)
                 break
             except (OSError, ELFError, ValueError) as exc:
                 self._logger.debug("cannot read ELF %s: %s", candidate, exc)
@@ -319,6 +313,10 @@ class Symbolizer:
             found = elf.lookup(lookup_address - mapping.start + mapping.file_offset)
             if found is not None:
                 return Frame(address, FrameKind.NATIVE, found[0], found[1] + (address - lookup_address), mapping)
+        else:  # not ELF: JIT code in a file-backed mapping (memfd, /dev/zero) may be in the perf map
+            found = self._perf_map(state).lookup(lookup_address)
+            if found is not None:
+                return Frame(address, FrameKind.JIT, found[0], found[1] + (address - lookup_address), mapping)
         return Frame(address, FrameKind.NATIVE, None, 0, mapping)
 
     def _perf_map(self, state: ProcessState) -> PerfMap:
