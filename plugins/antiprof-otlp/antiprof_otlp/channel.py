@@ -11,14 +11,15 @@ from antiprof_otlp.settings import ExportSettings
 _SERVICE = profiles_service_pb2.DESCRIPTOR.services_by_name["ProfilesService"]
 
 
-def open_channel(settings: ExportSettings, reconnect_backoff: tuple[float, float]) -> grpc.Channel:
-    """``reconnect_backoff`` (initial, max seconds) keeps gRPC's own reconnect timer in step with
-    our retries, so an endpoint that comes back is used within one retry interval."""
-    initial_ms = max(int(reconnect_backoff[0] * 1000), 10)
+def open_channel(settings: ExportSettings, retry_backoff: tuple[float, float]) -> grpc.Channel:
+    """gRPC's own reconnect timer is kept short (at most 1 s at first, 5 s later) and no longer
+    than our retry backoff, so an endpoint that comes back is used at the next retry."""
+    initial_ms = max(min(int(retry_backoff[0] * 1000), 1000), 10)
+    max_ms = max(min(int(retry_backoff[1] * 1000), 5000), initial_ms)
     options = [
         ("grpc.initial_reconnect_backoff_ms", initial_ms),
         ("grpc.min_reconnect_backoff_ms", initial_ms),
-        ("grpc.max_reconnect_backoff_ms", max(int(reconnect_backoff[1] * 1000), initial_ms)),
+        ("grpc.max_reconnect_backoff_ms", max_ms),
         ("grpc.max_send_message_length", -1),
         ("grpc.primary_user_agent", "antiprof-otlp"),
     ]

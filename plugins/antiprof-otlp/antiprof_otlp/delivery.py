@@ -115,6 +115,7 @@ class Sender:
         self._head_progress = 0  # requests of the head batch already done
         self._changed = threading.Condition()
         self._closing = threading.Event()
+        self._wake = threading.Event()  # cuts a backoff wait short: set by flush and close
         self._deadline: float | None = None  # monotonic; set while flushing
         self._inflight: grpc.Future | None = None
         self._stats = {field.name: 0 for field in DeliveryStats.__attrs_attrs__}
@@ -158,6 +159,7 @@ class Sender:
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._changed:
             self._deadline = deadline
+            self._wake.set()  # a long backoff must not eat the flush time: try again now
             try:
                 while self._queue and not self._closing.is_set():
                     left = deadline - time.monotonic()
@@ -171,6 +173,7 @@ class Sender:
     def close(self) -> None:
         """Stop the sender, then count and report what was still queued."""
         self._closing.set()
+        self._wake.set()
         with self._changed:
             self._changed.notify_all()
             inflight = self._inflight
@@ -248,7 +251,11 @@ class Sender:
         while not self._closing.is_set():
             try:
                 future = self._export.future(
-                    request.payload, timeout=self._call_timeout(), metadata=self._settings.headers or None
+                    request.payload,
+                    timeout=self._call_timeout(),
+                    metadata=self._settings.headers or None,
+                    # while flushing, wait for the connection (up to the deadline) rather than fail fast
+                    wait_for_ready=self._deadline is not None,
                 )
             except Exception as error:  # grpc raises here only for a call it cannot even start
                 return self._refused(request, type(error).__name__, str(error))
@@ -278,8 +285,14 @@ class Sender:
                 with self._changed:
                     self._count("retries")
                 self._metrics.retries.labels(self.name, code.name).inc()
-                if self._closing.wait(delay):
-                    return Outcome.ABANDONED
+                if server_delay is not None:  # the server said when: only shutting down cuts it short
+                    if self._closing.wait(delay):
+                        return Outcome.ABANDONED
+                elif self._wake.wait(delay):
+                    self._wake.clear()
+                    if self._closing.is_set():
+                        return Outcome.ABANDONED
+                    attempt = 0  # woken by flush: try now and start the backoff over
                 continue
             finally:
                 with self._changed:

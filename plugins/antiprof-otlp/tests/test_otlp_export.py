@@ -344,3 +344,22 @@ def test_oversized_window_is_split_by_resource_and_arrives_in_order():
     assert pids == list(dict.fromkeys(s.pid for s in window.samples))
     assert sum(d.count for r in receiver.requests for d in decoded_samples(r)) == window.sample_count
     assert exporter.stats().windows_sent == 1
+
+
+def test_flush_does_not_wait_out_a_long_backoff():
+    port = free_port()
+    receiver = ProfilesReceiver()
+    exporter = consumer(port, retry_initial_backoff="20s", retry_max_backoff="60s")
+    exporter.start()
+    try:
+        exporter.consume(windows(1)[0])
+        time.sleep(0.3)  # failed once; now waiting 10-20 s before the next try
+        assert exporter.stats().retries == 1
+        with serve(receiver, port=port):
+            started = time.monotonic()
+            exporter.flush(5.0)
+            flushed_in = time.monotonic() - started
+    finally:
+        exporter.close()
+    assert len(receiver.requests) == 1
+    assert flushed_in < 4.0
