@@ -7,6 +7,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -185,6 +186,64 @@ def test_full_disk_drops_the_window_names_the_path_and_recovers(small_tmpfs, bui
     consumer.consume(windows(11, stacks=40)[-1])
     consumer.close()
     assert samples_in(path, buildid_dir) == consumer.windows_written * 40
+
+
+def test_permission_denied_drops_the_window_and_retries(tmp_path, buildid_dir):
+    if os.geteuid() != 0:
+        pytest.skip("switching to an unprivileged user needs root")
+    public = Path(tempfile.mkdtemp(prefix="antiprof-perfdata-eacces-", dir="/tmp"))
+    try:
+        public.chmod(0o755)
+        locked = public / "perf"
+        locked.mkdir(mode=0o755)  # root's: an unprivileged agent cannot create files here
+        child_code = textwrap.dedent(
+            f"""
+            import sys
+            import antiprof_perfdata
+            from antiprof_core.testing import make_consumer, synthetic_window
+            from antiprof_perfdata.sink import PerfDataWriteError
+            sink = make_consumer(antiprof_perfdata, "perfdata", {{"output_dir": {str(locked)!r}}})
+            sink.start()
+            for i in range(2):
+                try:
+                    sink.consume(synthetic_window(processes=2, stacks=20, seed=i + 1, start_ns={T0} + i * 10**9))
+                    print("written", flush=True)
+                except PerfDataWriteError as error:
+                    print(error, flush=True)
+                sys.stdin.readline()
+            sink.close()
+            """
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", child_code],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+            user=65534,
+            group=65534,
+            extra_groups=[],
+            cwd="/",
+        )
+        assert child.stdin is not None and child.stdout is not None
+        first = child.stdout.readline().strip()
+        locked.chmod(0o777)
+        child.stdin.write("go\n")
+        child.stdin.flush()
+        second = child.stdout.readline().strip()
+        child.stdin.write("go\n")
+        child.stdin.close()
+        assert child.wait(timeout=30) == 0
+        name = "antiprof-synthetic-host-20261125T094640Z.perf.data"
+        assert first == (
+            f"cannot write {locked / name}: Permission denied; window dropped, the next one will try again"
+        )
+        assert second == "written"
+        [path] = locked.glob("*.perf.data")
+        assert path.name == "antiprof-synthetic-host-20261125T094641Z.perf.data"
+        os.chown(path, 0, 0)  # perf reads only its own user's (or root's) files
+        assert samples_in(path, buildid_dir) == 20
+    finally:
+        shutil.rmtree(public)
 
 
 # --- crash safety ------------------------------------------------------------------------------
