@@ -107,13 +107,6 @@ def two_function_run(tmp_path_factory: pytest.TempPathFactory, two_function_bina
     return run
 
 
-@pytest.fixture(scope="module")
-def two_function_binary(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from antiprof_core.workloads import build_two_function_workload
-
-    return build_two_function_workload(tmp_path_factory.mktemp("workload"))
-
-
 def test_report_and_script_read_the_run_cleanly_and_name_the_workload(two_function_run, two_function_binary):
     run = two_function_run
     report = run_perf(["report", "-i", str(run.perf_file), "--stdio"], run.buildid_dir)
