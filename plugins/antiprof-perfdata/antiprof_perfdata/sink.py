@@ -121,6 +121,8 @@ class PerfDataSink(Consumer):
 
     def _write_file(self, window: ProfileWindow) -> int:
         current = self.current
+        if current is None and not window.samples:
+            return 0  # a file with no samples is one perf report refuses: wait for one with samples
         if current is not None and self._should_rotate(current, window):
             self._close_file()
             current = None

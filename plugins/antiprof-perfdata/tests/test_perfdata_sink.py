@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 
 import antiprof_perfdata
+import attrs
 import pytest
 from antiprof_perfdata.perftool import parse_script, perf_path, run_perf
 from antiprof_perfdata.sink import PerfDataSink, PerfDataWriteError
@@ -96,6 +97,20 @@ def test_directory_and_files_are_private_and_named_by_host_and_utc_start(tmp_pat
     [path] = out.glob("*.perf.data")
     assert path.stat().st_mode & 0o777 == 0o600
     assert samples_in(path, buildid_dir) == 3 * 20
+
+
+def test_no_file_until_a_window_has_samples(tmp_path, buildid_dir):
+    empty = [attrs.evolve(window, samples=()) for window in windows(2)]
+    consumer = sink({"output_dir": str(tmp_path)})
+    consumer.start()
+    for window in empty:
+        consumer.consume(window)
+    assert perf_files(tmp_path) == []
+    consumer.consume(windows(3)[-1])
+    consumer.consume(empty[0])
+    consumer.close()
+    assert perf_files(tmp_path) == ["antiprof-synthetic-host-20261125T094642Z.perf.data"]
+    assert samples_in(tmp_path / perf_files(tmp_path)[0], buildid_dir) == 20
 
 
 def test_rotation_by_time_starts_a_file_per_period(tmp_path, buildid_dir):
