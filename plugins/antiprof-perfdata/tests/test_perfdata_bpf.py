@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -271,3 +272,42 @@ def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
 
     for name in names:
         assert abs(float(ours[name]) - float(theirs[name])) <= 0.05, (name, float(ours[name]), float(theirs[name]))
+
+
+HOT_JS = """
+function hotLoop(n) { let x = 0; for (let i = 0; i < n; i++) { x += i % 7; } return x; }
+const end = Date.now() + 1000 * Number(process.argv[2]); let s = 0;
+while (Date.now() < end) { s += hotLoop(1e6); }
+"""
+
+
+def test_jit_frames_are_named_from_the_perf_map(tmp_path):
+    """Node's /tmp/perf-PID.map names JIT code in `perf report` because the file maps it as //anon."""
+    require_bpf()
+    node = shutil.which("node")
+    if node is None:
+        pytest.skip("node is not installed (scripts/setup-system.sh installs it)")
+    run = Run(tmp_path)
+    script_path = tmp_path / "hot.js"
+    script_path.write_text(HOT_JS)
+    workload = subprocess.Popen([node, "--perf-basic-prof", str(script_path), "8"])
+    try:
+        deadline = time.monotonic() + 10
+        while not Path(f"/tmp/perf-{workload.pid}.map").exists():  # JIT code exists once the map does
+            assert time.monotonic() < deadline, "node wrote no perf map"
+            time.sleep(0.1)
+        time.sleep(0.5)
+        config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=60)
+        assert done.returncode == 0, done.stderr.decode()
+        report = run_perf(
+            ["report", "-i", str(run.perf_file), "--stdio", "--no-children", "--sort", "sym", "-g", "none"],
+            run.buildid_dir,
+        )  # while node runs: perf reads its perf map now
+    finally:
+        workload.kill()
+        workload.wait()
+        Path(f"/tmp/perf-{workload.pid}.map").unlink(missing_ok=True)
+
+    assert report.returncode == 0, report.stderr
+    assert "JS:*hotLoop" in report.stdout or "JS:~hotLoop" in report.stdout
