@@ -21,7 +21,6 @@ from attrs import frozen
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import ExportProfilesServiceRequest
 from opentelemetry.proto.common.v1.common_pb2 import AnyValue, InstrumentationScope, KeyValue
 from opentelemetry.proto.profiles.v1development import profiles_pb2
-from opentelemetry.proto.resource.v1.resource_pb2 import Resource
 
 from antiprof_core.model import Frame, FrameKind, Host, Mapping, Process, ProfileWindow, Sample, SamplingMode
 
@@ -76,8 +75,8 @@ class TransformOptions:
 class _Dictionary:
     """The request's tables, each with its zero value at index 0, deduplicated by value."""
 
-    def __init__(self, host: Host) -> None:
-        self.message = profiles_pb2.ProfilesDictionary()
+    def __init__(self, host: Host, message: profiles_pb2.ProfilesDictionary) -> None:
+        self.message = message  # filled in place: copying a finished dictionary costs as much as building it
         self._host = host
         message = self.message
         message.string_table.append("")
@@ -130,7 +129,7 @@ class _Dictionary:
     def _new_function(self, name: str) -> int:
         index = self._functions[name] = len(self._functions) + 1
         name_index = self.string(name)
-        self._function_table.add(name_strindex=name_index, system_name_strindex=name_index)
+        self._function_table.add(name_strindex=name_index)
         return index
 
     def mapping(self, mapping: Mapping) -> int:
@@ -260,8 +259,8 @@ def build_request(
     options: TransformOptions,
 ) -> ExportProfilesServiceRequest:
     """One request for the processes ``pids`` (keys of ``groups``), with its own dictionary."""
-    dictionary = _Dictionary(window.host)
     request = ExportProfilesServiceRequest()
+    dictionary = _Dictionary(window.host, request.dictionary)
     sample_type = profiles_pb2.ValueType(
         type_strindex=dictionary.string("samples"), unit_strindex=dictionary.string("count")
     )
@@ -274,11 +273,10 @@ def build_request(
     thread_attributes = dictionary.thread_attributes
     for pid in pids:
         resource_profiles = request.resource_profiles.add()
-        resource_profiles.resource.CopyFrom(
-            Resource(attributes=resource_attributes(pid, window.processes.get(pid), window.host, options))
+        resource_profiles.resource.attributes.extend(
+            resource_attributes(pid, window.processes.get(pid), window.host, options)
         )
-        scope_profiles = resource_profiles.scope_profiles.add()
-        scope_profiles.scope.CopyFrom(scope)
+        scope_profiles = resource_profiles.scope_profiles.add(scope=scope)
         profile = scope_profiles.profiles.add(
             sample_type=sample_type,
             period_type=period_type,
@@ -300,7 +298,6 @@ def build_request(
                     attribute_indices=thread_attributes(sample),
                     values=(sample.count,),
                 )
-    request.dictionary.CopyFrom(dictionary.message)
     return request
 
 
