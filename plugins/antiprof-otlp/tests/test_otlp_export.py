@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import threading
 import time
 
 import antiprof_otlp
@@ -93,12 +94,55 @@ def test_delivered_request_decodes_to_the_window():
     assert window_starts(receiver) == [w.start_ns for w in sent]
 
 
-def test_gzip_and_uncompressed_both_arrive():
+class CountingRelay:
+    """A TCP relay in front of the receiver that counts the bytes the client sends: the wire size."""
+
+    def __init__(self, target_port: int) -> None:
+        self.client_bytes = 0
+        self._target = target_port
+        self._listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self._listener.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._listener.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(("127.0.0.1", self._target))
+            threading.Thread(target=self._pipe, args=(client, upstream, True), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, False), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, count: bool) -> None:
+        try:
+            while data := source.recv(65536):
+                if count:
+                    self.client_bytes += len(data)
+                sink.sendall(data)
+        except OSError:
+            pass
+        finally:
+            sink.close()
+
+    def close(self) -> None:
+        self._listener.close()
+
+
+def test_gzip_shrinks_the_bytes_on_the_wire_and_both_forms_arrive():
     receiver = ProfilesReceiver()
+    window = synthetic_window(processes=5, stacks=400, depth=24)
+    request_size = len(encode_window(window, TransformOptions())[0].payload)
+    wire = {}
     with serve(receiver) as port:
-        run_consumer(consumer(port, compression="gzip"), windows(1))
-        run_consumer(consumer(port, compression="none"), windows(1))
+        for compression in ("gzip", "none"):
+            relay = CountingRelay(port)
+            run_consumer(consumer(relay.port, compression=compression), [window])
+            relay.close()
+            wire[compression] = relay.client_bytes
     assert len(receiver.requests) == 2 and receiver.requests[0] == receiver.requests[1]
+    assert wire["none"] > request_size
+    assert wire["gzip"] < request_size * 0.6, (wire, request_size)
 
 
 def test_tls_with_a_certificate_made_here(tmp_path):
