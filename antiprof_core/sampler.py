@@ -168,7 +168,10 @@ class BpfSampler:
         self._consume_request = threading.Event()
         self._consumed = threading.Event()
         self._poll_thread: threading.Thread | None = None
+        self._cleaner: threading.Thread | None = None
         self._poll_error: BaseException | None = None
+        self.last_drain_seconds = 0.0  # reading and clearing the maps of the last window
+        self.last_symbolize_seconds = 0.0  # turning them into Samples, Frames and Processes
         self._stack_type: Any = ct.c_uint64 * config.max_stack_depth
         self._stack_buffer: Any = self._stack_type()
 
@@ -232,6 +235,7 @@ class BpfSampler:
         )
 
     def close(self) -> None:
+        self._wait_for_cleaner()
         self._stop.set()
         if self._poll_thread is not None:
             self._poll_thread.join(timeout=2)
@@ -282,6 +286,7 @@ class BpfSampler:
     def collect(self) -> ProfileWindow:
         if self._bpf is None:
             raise RuntimeError("BpfSampler.collect() before start()")
+        self._wait_for_cleaner()  # the set switched in next must be empty
         drained = self._active
         self._active = 1 - drained
         self._bpf["active_set"][ct.c_int(0)] = ct.c_uint32(self._active)
@@ -289,15 +294,30 @@ class BpfSampler:
         time.sleep(SETTLE_SECONDS)
         self._consume_ring_buffers()
 
+        drain_started = time.perf_counter()
         counters = self._read_counters(drained)
         if self.trace:
             raw = self._take_events(drained)
         else:
             raw = [(key, count, ()) for key, count in self._drain_counts(drained)]
         stacks = self._read_stacks(drained, raw, lost=counters["samples_lost"] > 0)
+        symbolize_started = time.perf_counter()
         window = self._build_window(raw, stacks, counters, self._window_start, end_ns)
         self._window_start = end_ns
         self._forget_dead_processes()
+        done = time.perf_counter()
+        if self._cleaner is not None:
+            self._cleaner.start()  # after the window is built: no fight for the GIL meanwhile
+        self.last_drain_seconds = symbolize_started - drain_started
+        self.last_symbolize_seconds = done - symbolize_started
+        self.logger.debug(
+            "window: %d samples, %d keys, %d stacks; drained in %.1f ms, symbolized in %.1f ms",
+            window.sample_count,
+            len(raw),
+            len(stacks),
+            1000 * self.last_drain_seconds,
+            1000 * self.last_symbolize_seconds,
+        )
         return window
 
     def _read_counters(self, drained: int) -> dict[str, int]:
@@ -355,25 +375,51 @@ class BpfSampler:
     def _read_stacks(
         self, drained: int, raw: Iterable[tuple[RawKey, int, tuple[int, ...]]], lost: bool
     ) -> dict[int, tuple[int, ...]]:
-        """Every stack the window's keys name, read and then deleted from the drained map."""
+        """Every stack the window's keys name, read from the drained map.
+
+        Deleting them costs one syscall each, so a thread does it after the window is built,
+        while the agent waits for the next one; it must end before this set is switched in again.
+        """
         from bcc.libbcc import lib
 
-        table = self._bpf[f"stacks{drained}"]
+        fd = self._bpf[f"stacks{drained}"].map_fd
         ids = {key[3] for key, _, _ in raw if key[3] >= 0} | {key[4] for key, _, _ in raw if key[4] >= 0}
         buffer = self._stack_buffer
-        stacks: dict[int, tuple[int, ...]] = {}
+        view = memoryview(buffer).cast("B").cast("Q")
+        lookup = lib.bpf_lookup_elem
         stack_id = ct.c_int(0)
+        key_pointer, buffer_pointer = ct.byref(stack_id), ct.byref(buffer)
+        stacks: dict[int, tuple[int, ...]] = {}
         for number in ids:
             stack_id.value = number
-            if lib.bpf_lookup_elem(table.map_fd, ct.byref(stack_id), ct.byref(buffer)) == 0:
-                addresses = buffer[:]
-                with contextlib.suppress(ValueError):
+            if lookup(fd, key_pointer, buffer_pointer) == 0:
+                addresses = view.tolist()
+                if 0 in addresses:
                     addresses = addresses[: addresses.index(0)]
                 stacks[number] = tuple(addresses)
-            lib.bpf_delete_elem(table.map_fd, ct.byref(stack_id))
-        if lost:  # stacks whose sample was dropped are referenced by no key: clear them all
-            self._clear_stack_map(table.map_fd)
+        self._cleaner = threading.Thread(
+            target=self._delete_stacks, args=(fd, list(ids), lost), name="antiprof-bpf-clean", daemon=True
+        )
         return stacks
+
+    def _delete_stacks(self, fd: int, ids: list[int], everything: bool) -> None:
+        from bcc.libbcc import lib
+
+        delete = lib.bpf_delete_elem
+        stack_id = ct.c_int(0)
+        key_pointer = ct.byref(stack_id)
+        for number in ids:
+            stack_id.value = number
+            delete(fd, key_pointer)
+        if everything:  # stacks whose sample was dropped are referenced by no key: clear them all
+            self._clear_stack_map(fd)
+
+    def _wait_for_cleaner(self) -> None:
+        if self._cleaner is not None:
+            if self._cleaner.ident is None:  # built but never started: collect() failed midway
+                self._cleaner.start()
+            self._cleaner.join()
+            self._cleaner = None
 
     def _clear_stack_map(self, fd: int) -> None:
         from bcc.libbcc import lib
@@ -407,8 +453,13 @@ class BpfSampler:
         for key, _, _ in raw:
             if key[0] == key[1] or key[0] not in names:
                 names[key[0]] = key[5].decode(errors="replace")
+        states = {pid: symbolizer.state(pid, name) for pid, name in names.items() if pid}
+        thread_names: dict[bytes, str] = {}
         for key, count, timestamps in raw:
             tgid, tid, cpu, user_id, kernel_id, comm = key
+            thread_name = thread_names.get(comm)
+            if thread_name is None:
+                thread_name = thread_names[comm] = comm.decode(errors="replace")
             kernel = kernel_stacks.get(kernel_id)
             if kernel is None:
                 addresses = stacks.get(kernel_id, ())
@@ -417,15 +468,15 @@ class BpfSampler:
             user = user_stacks.get((tgid, user_id))
             if user is None:
                 addresses = stacks.get(user_id, ())
-                user = symbolizer.user_stack(symbolizer.state(tgid, names[tgid]), addresses, True) if addresses else ()
+                user = symbolizer.user_stack(states[tgid], addresses) if addresses and tgid else ()
                 user_stacks[(tgid, user_id)] = user
             samples.append(
                 Sample(
                     pid=tgid,
                     tid=tid,
                     cpu=cpu,
-                    thread_name=comm.decode(errors="replace"),
-                    stack=kernel + user,
+                    thread_name=thread_name,
+                    stack=kernel + user if kernel else user,
                     count=count,
                     timestamps=timestamps,
                 )
@@ -435,13 +486,15 @@ class BpfSampler:
         stack_errors = {name: counters[name] for name in STACK_ERROR_NAMES}
         lost = counters["samples_lost"]
         overflow = counters["counts_map_full"] + counters["user_map_full"] + counters["kernel_map_full"]
-        if lost or overflow or counters["user_collision"] or counters["kernel_collision"]:
+        collisions = counters["user_collision"] + counters["kernel_collision"]
+        if lost or overflow or collisions * 100 > counters["samples_seen"]:
             self.logger.warning(
-                "window overflowed: %d samples lost, %d stacks not stored (map full), %d hash collisions;"
-                " raise sampler.max_stacks (now %d)",
+                "window overflowed: %d samples lost, %d stacks not stored (map full), %d stacks lost to hash"
+                " collisions out of %d samples; raise sampler.max_stacks (now %d)",
                 lost,
                 overflow,
-                counters["user_collision"] + counters["kernel_collision"],
+                collisions,
+                counters["samples_seen"],
                 self.max_stacks,
             )
         return ProfileWindow(

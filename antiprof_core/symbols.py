@@ -16,7 +16,6 @@ import logging
 import os
 import threading
 from collections import OrderedDict
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Generic, TypeVar
 
@@ -77,7 +76,8 @@ class ProcessState:
     starts: list[int] = field(factory=list)
     anonymous: list[bool] = field(factory=list)
     built: bool = False
-    frames: dict[tuple[int, bool], Frame] = field(factory=dict)
+    leaf_frames: dict[int, Frame] = field(factory=dict)  # by exact address (the interrupted IP)
+    return_frames: dict[int, Frame] = field(factory=dict)  # by return address
     perf_map: PerfMap | None = None
     refreshed_in_window: int = -1
     dead_windows: int = 0
@@ -275,18 +275,19 @@ class Symbolizer:
         return frame
 
     def user_frame(self, state: ProcessState, address: int, leaf: bool) -> Frame:
-        key = (address, leaf)
-        frame = state.frames.get(key)
+        frames = state.leaf_frames if leaf else state.return_frames
+        frame = frames.get(address)
         if frame is not None:
             return frame
         index = state.mapping_index(address)
         if index is None and state.refreshed_in_window != self.window_index and procfs.alive(state.pid, self._proc):
             self._refresh(state)
             index = state.mapping_index(address)
+            frames = state.leaf_frames if leaf else state.return_frames
         frame = self._name_user_address(state, index, address, leaf)
-        if len(state.frames) >= MAX_FRAMES_PER_PROCESS:
-            state.frames.clear()
-        state.frames[key] = frame
+        if len(frames) >= MAX_FRAMES_PER_PROCESS:
+            frames.clear()
+        frames[address] = frame
         return frame
 
     def _refresh(self, state: ProcessState) -> None:
@@ -297,7 +298,8 @@ class Symbolizer:
             state.entries = fresh.entries
             state.name, state.executable, state.command_line = fresh.name, fresh.executable, fresh.command_line
             self._build_mappings(state)
-            state.frames.clear()
+            state.leaf_frames.clear()
+            state.return_frames.clear()
 
     def _name_user_address(self, state: ProcessState, index: int | None, address: int, leaf: bool) -> Frame:
         lookup_address = address if leaf else address - 1
@@ -324,6 +326,15 @@ class Symbolizer:
             state.perf_map = PerfMap(perf_map_path(state.pid))
         return state.perf_map
 
-    def user_stack(self, state: ProcessState, addresses: Iterable[int], leaf_first: bool) -> tuple[Frame, ...]:
-        """Frames for raw user addresses, leaf first; ``leaf_first`` says whether the first is the leaf."""
-        return tuple(self.user_frame(state, address, leaf_first and n == 0) for n, address in enumerate(addresses))
+    def user_stack(self, state: ProcessState, addresses: tuple[int, ...]) -> tuple[Frame, ...]:
+        """Frames for raw user addresses, leaf first (the first is the interrupted IP).
+
+        The hot path of a drain: cached frames are fetched with one ``map`` in C, and only the
+        misses go through the symbolizer.
+        """
+        if not addresses:
+            return ()
+        try:
+            return (state.leaf_frames[addresses[0]], *map(state.return_frames.__getitem__, addresses[1:]))
+        except KeyError:
+            return tuple(self.user_frame(state, address, n == 0) for n, address in enumerate(addresses))

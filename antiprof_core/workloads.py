@@ -15,6 +15,7 @@ __all__ = [
     "SYSCALL_FUNCTION",
     "TWO_FUNCTION_CALLERS",
     "TWO_FUNCTION_SHARES",
+    "build_many_stacks_workload",
     "build_syscall_workload",
     "build_two_function_workload",
     "compile_c",
@@ -126,6 +127,57 @@ int main(int argc, char **argv) {
 )
 
 
+_MANY_STACKS_SOURCE = (
+    _RAW_SYSCALL
+    + r"""
+volatile unsigned long sink;
+static unsigned long random_state = 88172645463325252UL;
+
+static unsigned long next_random(void) {
+    random_state ^= random_state << 13;
+    random_state ^= random_state >> 7;
+    random_state ^= random_state << 17;
+    return random_state;
+}
+
+__attribute__((noinline)) void leaf_spin(void) {
+    unsigned long x = 0;
+    for (int i = 0; i < 2000; i++) x += i;
+    sink += x;
+}
+
+void branch_a(unsigned long bits, int depth);
+void branch_b(unsigned long bits, int depth);
+
+/* One random walk of DEPTH levels through branch_a/branch_b: 2^DEPTH distinct stacks. */
+__attribute__((noinline)) void step(unsigned long bits, int depth) {
+    if (depth == 0) {
+        leaf_spin();
+        return;
+    }
+    if (bits & 1) branch_a(bits >> 1, depth - 1);
+    else branch_b(bits >> 1, depth - 1);
+}
+
+__attribute__((noinline)) void branch_a(unsigned long bits, int depth) { step(bits, depth); }
+__attribute__((noinline)) void branch_b(unsigned long bits, int depth) { step(bits, depth); }
+
+int main(int argc, char **argv) {
+    double seconds = argc > 1 ? atof(argv[1]) : 5.0;
+    random_state ^= (unsigned long)getpid() << 32;
+    double end = wall_now() + seconds;
+    while (wall_now() < end) {
+        for (int i = 0; i < 100; i++) step(next_random(), MANY_STACKS_DEPTH);
+    }
+    return 0;
+}
+"""
+)
+
+MANY_STACKS_DEPTH = 16
+"""The many-stacks workload walks this many random branches: up to 2**16 distinct stacks."""
+
+
 class WorkloadBuildError(RuntimeError):
     """The C compiler is missing or rejected the source."""
 
@@ -152,6 +204,12 @@ def compile_c(source: str, output: Path) -> Path:
 def build_two_function_workload(directory: Path) -> Path:
     """``prog SECONDS``: each 30 ms of CPU time, 20 ms go to work_heavy and 10 ms to work_light."""
     return compile_c(_TWO_FUNCTION_SOURCE, Path(directory) / "two_functions")
+
+
+def build_many_stacks_workload(directory: Path) -> Path:
+    """``prog SECONDS``: random call paths, so nearly every sample has a stack of its own."""
+    source = _MANY_STACKS_SOURCE.replace("MANY_STACKS_DEPTH", str(MANY_STACKS_DEPTH))
+    return compile_c(source, Path(directory) / "many_stacks")
 
 
 def build_syscall_workload(directory: Path) -> Path:
