@@ -102,6 +102,7 @@ class _Dictionary:
         self._frame_types = {kind.value: self.attribute(FRAME_TYPE, kind.value) for kind in FrameKind}
         self._location_table = message.location_table
         self._function_table = message.function_table
+        self._string_table = message.string_table
 
     def string(self, text: str) -> int:
         index = self._strings.get(text)
@@ -128,7 +129,11 @@ class _Dictionary:
 
     def _new_function(self, name: str) -> int:
         index = self._functions[name] = len(self._functions) + 1
-        name_index = self.string(name)
+        strings = self._strings
+        name_index = strings.get(name)
+        if name_index is None:
+            name_index = strings[name] = len(strings)
+            self._string_table.append(name)
         self._function_table.add(name_strindex=name_index)
         return index
 
