@@ -96,3 +96,12 @@ def test_config_keys_are_strict():
         " (B, KiB, MiB, GiB, kB, MB, GB), e.g. '100MiB'",
         "consumers.otlp.timout: unknown key (did you mean 'timeout'?)",
     ]
+
+
+def test_the_installed_entry_point_offers_the_otlp_type():
+    from antiprof_core.plugins import load_plugins
+
+    loaded = load_plugins(environ={})
+    assert loaded.types["otlp"].config_class is OtlpConfig
+    (info,) = [plugin for plugin in loaded.plugins if plugin.name == "otlp"]
+    assert (info.distribution, info.error) == ("antiprof-otlp", None)
