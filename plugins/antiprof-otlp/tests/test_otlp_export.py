@@ -175,7 +175,7 @@ def test_mutual_tls_needs_the_client_certificate(tmp_path):
     assert len(receiver.requests) == 1
 
 
-def test_plaintext_client_cannot_talk_to_a_tls_server_by_accident(tmp_path):
+def test_tls_by_default_refuses_a_server_certificate_the_system_does_not_trust(tmp_path):
     certificates = make_certificates(tmp_path)
     receiver = ProfilesReceiver()
     with serve(receiver, tls=certificates.server_tls()) as port:
