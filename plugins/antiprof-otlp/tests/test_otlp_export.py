@@ -356,7 +356,7 @@ def test_shutdown_reports_what_could_not_be_delivered(caplog):
 
 
 def test_consume_never_waits_on_a_slow_server():
-    receiver = ProfilesReceiver(default=Reply(delay=0.5))
+    receiver = ProfilesReceiver(default=Reply(delay=0.3))
     sent = windows(4)
     with serve(receiver) as port:
         exporter = consumer(port)
@@ -367,7 +367,7 @@ def test_consume_never_waits_on_a_slow_server():
         consumed = time.monotonic() - started
         exporter.flush(10.0)
         exporter.close()
-    assert consumed < 0.4
+    assert consumed < 0.25  # one call alone takes 0.3 s
     assert window_starts(receiver) == [w.start_ns for w in sent]
 
 
