@@ -26,6 +26,7 @@ from antiprof_core.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, b
 
 ANTIPROF = str(Path(sys.executable).parent / "antiprof")
 pytestmark = pytest.mark.bpf
+WORKLOAD_SECONDS = 60  # outlives the agent's start (BCC compiles for seconds on a busy machine); killed after
 
 
 def write_config(directory: Path, pid: int, perf_dir: Path, json_path: Path, window: str = "1s") -> Path:
@@ -97,7 +98,7 @@ def two_function_run(tmp_path_factory: pytest.TempPathFactory, two_function_bina
     """One 3-second agent run on the two-function workload, shared by the assertions below."""
     require_bpf()
     run = Run(tmp_path_factory.mktemp("two-function-run"))
-    workload = start_workload(two_function_binary, 6)
+    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
     try:
         config = write_config(run.base, workload.pid, run.perf_dir, run.json_path)
         done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
@@ -157,7 +158,7 @@ def test_header_and_build_ids_describe_the_run(two_function_run, two_function_bi
 def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(build_syscall_workload(tmp_path / "workload"), 5)
+    workload = start_workload(build_syscall_workload(tmp_path / "workload"), WORKLOAD_SECONDS)
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
         done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=60)
@@ -178,7 +179,7 @@ def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
 def test_sigkill_of_the_agent_leaves_a_file_perf_reads(tmp_path, two_function_binary):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(two_function_binary, 20)
+    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path, window="300ms")
         agent = subprocess.Popen([ANTIPROF, "run", "-c", str(config), "--duration", "60s"], stderr=subprocess.PIPE)
@@ -215,7 +216,7 @@ def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
 def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs, two_function_binary):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(two_function_binary, 8)
+    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
     try:
         config = write_config(tmp_path, workload.pid, full_tmpfs / "perf", run.json_path, window="250ms")
         done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
@@ -235,7 +236,7 @@ def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs
 def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(two_function_binary, 6)
+    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
     reference = tmp_path / "perf-record.data"
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
@@ -290,7 +291,7 @@ def test_jit_frames_are_named_from_the_perf_map(tmp_path):
     run = Run(tmp_path)
     script_path = tmp_path / "hot.js"
     script_path.write_text(HOT_JS)
-    workload = subprocess.Popen([node, "--perf-basic-prof", str(script_path), "8"])
+    workload = subprocess.Popen([node, "--perf-basic-prof", str(script_path), str(WORKLOAD_SECONDS)])
     try:
         deadline = time.monotonic() + 10
         while not Path(f"/tmp/perf-{workload.pid}.map").exists():  # JIT code exists once the map does
