@@ -359,3 +359,19 @@ def test_script_output_parses_into_frames(tmp_path, buildid_dir):
     [path] = tmp_path.glob("*.perf.data")
     samples = parse_script(run_perf(["script", "-i", str(path)], buildid_dir).stdout)
     assert len(samples) == 5 and all(len(s.frames) == 16 for s in samples)
+
+
+def test_antiprof_record_writes_perf_data_and_says_how_to_open_it(tmp_path, buildid_dir):
+    out = tmp_path / "antiprof-data"
+    done = subprocess.run(
+        [ANTIPROF, "record", "-d", "1s", "--source", "synthetic", "-o", str(out)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, COLUMNS="500"),
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    [path] = out.glob("antiprof-*.perf.data")
+    assert f"perf report -i {path}" in done.stdout
+    assert samples_in(path, buildid_dir) > 0
