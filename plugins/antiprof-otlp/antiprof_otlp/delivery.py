@@ -187,9 +187,9 @@ class Sender:
             self._queue.clear()
             self._queued_bytes = 0
             self._metrics.queue_bytes.labels(self.name).set(0)
+            self._count("windows_dropped_shutdown", len(left))
         if left:
             samples = sum(batch.samples for batch in left) - sum(r.samples for r in left[0].requests[:partly_sent])
-            self._count("windows_dropped_shutdown", len(left))
             self._metrics.windows.labels(self.name, "dropped_shutdown").inc(len(left))
             self._logger.error(
                 "otlp '%s': shut down with %d window(s) (%d samples) not delivered to %s",
@@ -205,6 +205,7 @@ class Sender:
     # --- the sender thread -------------------------------------------------------------------
 
     def _count(self, name: str, amount: int = 1) -> None:
+        """Callers hold ``self._changed``."""
         self._stats[name] += amount
 
     def _run(self) -> None:
