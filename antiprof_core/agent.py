@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry
 from antiprof_core.config import Config
 from antiprof_core.consumer import Consumer, ConsumerContext
 from antiprof_core.host import read_host
+from antiprof_core.metrics import SamplerMetrics, serve
 from antiprof_core.model import Host
 from antiprof_core.router import ConsumerStats, Router
 from antiprof_core.source import SourceUnavailable, WindowSource, make_source
@@ -39,6 +40,7 @@ class Agent:
         self.metrics = CollectorRegistry()
         self.host = host or read_host(config.agent.node_name, config.agent.cluster_name)
         self.router = Router(self.logger, self.metrics)
+        self.sampler_metrics = SamplerMetrics(self.metrics)
         self._extra = extra_consumers
         self._stop = threading.Event()
         self.windows_published = 0
@@ -68,6 +70,11 @@ class Agent:
     def run(self, duration: float | None = None) -> int:
         """Returns the exit code; raises AgentError for a fatal start-up problem."""
         self._build_consumers()
+        if self.config.agent.metrics_address:
+            try:
+                serve(self.config.agent.metrics_address, self.metrics)
+            except (ValueError, OSError) as exc:
+                raise AgentError(str(exc)) from exc
         if not self.router.workers:
             self.logger.warning("no consumers are configured: windows are sampled and discarded")
         source = make_source(self.config.sampler, self.host, self.logger.getChild("sampler"))
@@ -124,4 +131,5 @@ class Agent:
     def _publish(self, source: WindowSource) -> None:
         window = source.collect()
         self.router.publish(window)
+        self.sampler_metrics.record(window.counters)
         self.windows_published += 1

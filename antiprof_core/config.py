@@ -78,6 +78,7 @@ class AgentConfig:
     cluster_name: str = ""
     queue_size: int = field(default=8, validator=between(1, 10_000))  # windows per consumer
     shutdown_timeout: Duration = field(default=Duration(10.0), validator=positive)
+    metrics_address: str = ""  # host:port to serve Prometheus /metrics on; empty: off
 
 
 @frozen

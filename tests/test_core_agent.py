@@ -97,3 +97,45 @@ def test_record_prints_the_hottest_functions(run_cli, tmp_path: Path) -> None:  
     assert "Hottest functions" in result.stdout
     assert "synthetic_" in result.stdout
     assert (tmp_path / "out" / "antiprof.jsonl").exists()
+
+
+def test_metrics_are_served_for_prometheus(tmp_path: Path) -> None:
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    config = tmp_path / "a.toml"
+    config.write_text(
+        f'[agent]\nmetrics_address = "127.0.0.1:{port}"\n'
+        '[sampler]\nsource = "synthetic"\nwindow = "200ms"\n'
+        f'[consumers.json]\npath = "{tmp_path}/w.jsonl"\n'
+    )
+    agent = subprocess.Popen(antiprof_command("run", "-c", str(config), "--duration", "5s"), stderr=subprocess.PIPE)
+    try:
+        text = ""
+        deadline = time.monotonic() + 4
+        while 'antiprof_windows_delivered_total{consumer="json"}' not in text and time.monotonic() < deadline:
+            time.sleep(0.3)
+            try:
+                text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2).read().decode()
+            except OSError:
+                continue
+    finally:
+        agent.terminate()
+        agent.communicate(timeout=30)
+    assert 'antiprof_windows_delivered_total{consumer="json"}' in text
+    values = dict(line.rsplit(" ", 1) for line in text.splitlines() if line and not line.startswith("#"))
+    assert float(values["antiprof_samples_seen_total"]) > 0
+    assert float(values["antiprof_windows_total"]) >= 1
+
+
+def test_unusable_metrics_address_is_one_line_and_exit_1(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    config = tmp_path / "a.toml"
+    config.write_text('[agent]\nmetrics_address = "127.0.0.1:nope"\n[sampler]\nsource = "synthetic"\n')
+    result = run_cli("run", "-c", str(config), "--duration", "1s")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "antiprof: error: agent.metrics_address: expected host:port, got '127.0.0.1:nope'"
+    )
