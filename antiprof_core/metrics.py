@@ -12,7 +12,7 @@ class SamplerMetrics:
         self.windows = Counter("antiprof_windows", "Windows published to the sinks", registry=registry)
         self.samples_seen = Counter("antiprof_samples_seen", "Samples the BPF program saw", registry=registry)
         self.samples_lost = Counter(
-            "antiprof_samples_lost", "Samples lost in the kernel (maps full)", registry=registry
+            "antiprof_samples_lost", "Samples lost in the kernel", registry=registry
         )
         self.stack_errors = Counter(
             "antiprof_stack_errors", "Stacks that could not be walked, by kind", ["kind"], registry=registry
