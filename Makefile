@@ -27,7 +27,7 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy antiprof_core $(foreach p,$(PLUGINS),$(wildcard $(p)/antiprof_*))
+	$(BIN)/mypy antiprof_core $(foreach p,$(PLUGINS),$(filter-out %.egg-info,$(wildcard $(p)/antiprof_*)))
 
 pytest: setup
 	$(BIN)/pytest
