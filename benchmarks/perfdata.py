@@ -25,6 +25,7 @@ import textwrap
 import time
 from pathlib import Path
 
+from antiprof_perfdata.encoder import RecordEncoder
 from antiprof_perfdata.perftool import parse_script, perf_path, run_perf
 from antiprof_perfdata.writer import PerfDataFile
 
@@ -57,25 +58,33 @@ def best_rate(rounds: int, count: int, action) -> tuple[float, float]:
 
 
 def writer_throughput(window: ProfileWindow, rounds: int, directory: Path) -> None:
-    path = directory / "throughput.perf.data"
-    out = PerfDataFile(path, window.host, window.frequency_hz)
-    out.write(window)  # the first window also carries COMM and MMAP2 records; measure the steady state
     records = len(window.samples)
-    ours, ours_median = best_rate(rounds, records, lambda: out.write(window))
-    out.close()
+    print("## Writer throughput (one core, steady state: the file already holds a window)")
+    print(f"window: {records} unique stacks, depth {len(window.samples[0].stack)}")
+    print("| what | best records/s | median records/s |")
+    print("|---|---|---|")
+    encoder = RecordEncoder()
+    encoder.commit(encoder.encode(window))
+    encode_best, encode_median = best_rate(rounds, records, lambda: encoder.encode(window))
+    print(f"| perfdata: encode only | {encode_best:,.0f} | {encode_median:,.0f} |")
+    rates = {}
+    memory = Path("/dev/shm") if Path("/dev/shm").is_dir() else directory
+    for label, place in (("page cache (/dev/shm)", memory), ("disk-backed temp dir", directory)):
+        with tempfile.TemporaryDirectory(dir=place) as temp:
+            out = PerfDataFile(Path(temp) / "throughput.perf.data", window.host, window.frequency_hz)
+            out.write(window)
+            rates[label] = best_rate(rounds, records, lambda out=out: out.write(window))
+            out.close()
+        print(f"| perfdata: encode + write, {label} | {rates[label][0]:,.0f} | {rates[label][1]:,.0f} |")
     json_rate, json_median = best_rate(
         rounds, records, lambda: json.dumps(window_to_dict(window), separators=(",", ":")).encode()
     )
-    print("## Writer throughput (one core, steady state, encode + write)")
-    print(f"window: {records} unique stacks, depth {len(window.samples[0].stack)}")
-    print("| writer | best records/s | median records/s |")
-    print("|---|---|---|")
-    print(f"| perfdata (this plugin) | {ours:,.0f} | {ours_median:,.0f} |")
-    print(f"| json sink encoding (reference) | {json_rate:,.0f} | {json_median:,.0f} |")
-    print(
-        f"ratio perfdata/json: {ours / json_rate:.2f}x; target {TARGET_RECORDS_PER_SECOND:,}/s: "
-        f"{'met' if ours >= TARGET_RECORDS_PER_SECOND else 'NOT met'} ({ours / TARGET_RECORDS_PER_SECOND:.2f}x)"
-    )
+    print(f"| reference: json sink encoding of the same window | {json_rate:,.0f} | {json_median:,.0f} |")
+    best = rates["page cache (/dev/shm)"][0]
+    verdict = "met" if best >= TARGET_RECORDS_PER_SECOND else "NOT met"
+    print(f"ratio perfdata (encode + write to page cache) / json: {best / json_rate:.2f}x")
+    ratio = best / TARGET_RECORDS_PER_SECOND
+    print(f"target {TARGET_RECORDS_PER_SECOND:,}/s (encode + write to page cache): {verdict} ({ratio:.2f}x)")
     print()
 
 
