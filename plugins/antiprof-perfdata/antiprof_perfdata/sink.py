@@ -129,7 +129,7 @@ class PerfDataSink(Consumer):
         encoded = None
         if current is not None:
             encoded = current.encode(window)
-            if current.size + len(encoded.data) > self.config.max_file_size:
+            if current.size_after(encoded) > self.config.max_file_size:
                 self._close_file()
                 current = encoded = None
         if current is None:

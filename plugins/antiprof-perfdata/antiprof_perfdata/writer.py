@@ -58,6 +58,11 @@ class PerfDataFile:
         """Bytes on disk once the current state is published (records and features)."""
         return DATA_OFFSET + self._data_size + len(self._features_block()[0])
 
+    def size_after(self, encoded: EncodedWindow) -> int:
+        """Bytes on disk once ``encoded`` is written: its records and its new build IDs added."""
+        new_ids = sum(len(features.build_id_entry(entry)) for entry in encoded.build_ids)
+        return self.size + len(encoded.data) + new_ids
+
     @property
     def windows(self) -> int:
         return self.encoder.windows

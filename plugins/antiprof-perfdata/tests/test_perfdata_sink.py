@@ -133,6 +133,7 @@ def test_rotation_by_size_keeps_every_file_under_the_limit(tmp_path, buildid_dir
     assert "antiprof-synthetic-host-20261125T094640Z.perf.data" in names
     assert "antiprof-synthetic-host-20261125T094640Z-1.perf.data" in names  # same second: a sequence number
     assert all((tmp_path / name).stat().st_size <= limit for name in names)
+    assert all(consumer_file.stat().st_size > limit * 0.8 for consumer_file in consumer.files_created[:-1])
     assert sum(samples_in(tmp_path / name, buildid_dir) for name in names) == 12 * 60
 
 
