@@ -255,7 +255,19 @@ def config_show(file: Path | None) -> None:
     """Print the effective config (FILE, or the default one) with every default filled in, as TOML."""
     loaded = load_plugins()
     effective = _load(str(file) if file else None, loaded)
-    click.echo(tomli_w.dumps(_without_none(config_to_dict(effective))), nl=False)
+    click.echo(tomli_w.dumps(_redacted(_without_none(config_to_dict(effective)))), nl=False)
+
+
+_SECRET_WORDS = ("header", "token", "password", "secret", "authorization")
+
+
+def _redacted(value: Any, secret: bool = False) -> Any:
+    """Header values and anything named like a secret are replaced: `config show` output gets pasted."""
+    if isinstance(value, dict):
+        return {k: _redacted(v, secret or any(w in k.lower() for w in _SECRET_WORDS)) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_redacted(v, secret) for v in value]
+    return "<redacted>" if secret and isinstance(value, str) and value else value
 
 
 def _without_none(value: Any) -> Any:

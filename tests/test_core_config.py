@@ -135,3 +135,12 @@ def test_config_path_from_environment(run_cli, write_config) -> None:  # type: i
     path = write_config("[sampler]\nfrequency_hz = 77\n")
     shown = run_cli("config", "show", env={"ANTIPROF_CONFIG": str(path)})
     assert "frequency_hz = 77" in shown.stdout
+
+
+def test_config_show_redacts_secrets(run_cli, write_config) -> None:  # type: ignore[no-untyped-def]
+    path = write_config('[consumers.otlp]\nendpoint = "c:4317"\nheaders = { authorization = "Bearer ${TOKEN}" }\n')
+    shown = run_cli("config", "show", str(path), env={"TOKEN": "s3cr3t"})
+    assert shown.returncode == 0, shown.stderr
+    assert "s3cr3t" not in shown.stdout
+    assert 'authorization = "<redacted>"' in shown.stdout
+    assert 'endpoint = "c:4317"' in shown.stdout
