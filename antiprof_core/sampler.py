@@ -54,7 +54,7 @@ HEADROOM = 4  # stack-map buckets per expected stack: fewer hash collisions, roo
 MAX_DEFAULT_STACKS = 65536
 MAX_PIDS = 8192
 SETTLE_SECONDS = 0.005  # a BPF program that read the old set index finishes within microseconds
-POLL_MILLISECONDS = 50
+POLL_MILLISECONDS = 100  # how soon a new PID's /proc entries are read
 
 
 def _effective_capabilities() -> int:
@@ -223,6 +223,7 @@ class BpfSampler:
             self._bpf.cleanup()
             self._bpf = None
             raise SourceUnavailable(f"cannot attach the sampler to the CPU clock: {_first_line(exc)}") from None
+        _release_compiler_memory(self._bpf)
         self._window_start = time.time_ns()
         self._poll_thread = threading.Thread(target=self._poll, name="antiprof-bpf-poll", daemon=True)
         self._poll_thread.start()
@@ -516,6 +517,13 @@ class BpfSampler:
             for pid in forgotten:
                 with contextlib.suppress(KeyError):
                     del known[ct.c_uint32(pid)]
+
+
+def _release_compiler_memory(bpf: Any) -> None:
+    """Give the compiler's heap back to the system once the program is loaded (about 60 MiB)."""
+    bpf.free_bcc_memory()
+    with contextlib.suppress(OSError, AttributeError):  # not glibc: nothing to trim
+        ct.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _first_line(exc: BaseException) -> str:

@@ -83,11 +83,13 @@ def measure_agent(frequency: int, seconds: float, workdir: Path) -> dict[str, st
             stderr=log_file,
             stdout=subprocess.DEVNULL,
         )
-    while "drained in" not in log.read_text():  # start-up ends with the first window drained
+    while " CPUs at " not in log.read_text():  # start-up ends when the program is attached
         if agent.poll() is not None:
             raise SystemExit(f"antiprof run failed: {log.read_text()}")
         time.sleep(0.01)
     startup = time.monotonic() - launched
+    while "drained in" not in log.read_text():  # the first window warms the caches: not measured
+        time.sleep(0.01)
     cpu_before = cpu_seconds(agent.pid)
     time.sleep(seconds)
     cpu = (cpu_seconds(agent.pid) - cpu_before) / seconds
