@@ -18,6 +18,7 @@ import functools
 import importlib.resources
 import logging
 import os
+import struct
 import threading
 import time
 from collections.abc import Iterable
@@ -135,6 +136,11 @@ class SampleEvent(ct.Structure):
 
 
 RawKey = tuple[int, int, int, int, int, bytes]  # tgid, tid, cpu, user stack id, kernel stack id, comm
+_KEY_LAYOUT = struct.Struct(f"=IIIii{TASK_COMM_LEN}s")  # SampleKey's bytes, unpacked in C
+
+
+def _comm(raw: bytes) -> str:
+    return raw.split(b"\0", 1)[0].decode(errors="replace")
 
 
 def _raw_key(key: SampleKey) -> RawKey:
@@ -371,7 +377,9 @@ class BpfSampler:
                 break
             if count.value == 0:
                 break
-        return [(_raw_key(keys[i]), int(values[i])) for i in range(total)]
+        key_bytes = memoryview(keys).cast("B")[: ct.sizeof(SampleKey) * total]
+        counts = memoryview(values).cast("B").cast("Q")[:total].tolist()
+        return list(zip(_KEY_LAYOUT.iter_unpack(key_bytes), counts, strict=True))
 
     def _read_stacks(
         self, drained: int, raw: Iterable[tuple[RawKey, int, tuple[int, ...]]], lost: bool
@@ -453,14 +461,14 @@ class BpfSampler:
         names: dict[int, str] = {}
         for key, _, _ in raw:
             if key[0] == key[1] or key[0] not in names:
-                names[key[0]] = key[5].decode(errors="replace")
+                names[key[0]] = _comm(key[5])
         states = {pid: symbolizer.state(pid, name) for pid, name in names.items() if pid}
         thread_names: dict[bytes, str] = {}
         for key, count, timestamps in raw:
             tgid, tid, cpu, user_id, kernel_id, comm = key
             thread_name = thread_names.get(comm)
             if thread_name is None:
-                thread_name = thread_names[comm] = comm.decode(errors="replace")
+                thread_name = thread_names[comm] = _comm(comm)
             kernel = kernel_stacks.get(kernel_id)
             if kernel is None:
                 addresses = stacks.get(kernel_id, ())
