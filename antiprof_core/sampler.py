@@ -99,6 +99,19 @@ def bpf_unavailable_reason() -> str | None:
     return None
 
 
+def online_cpus(path: Path = Path("/sys/devices/system/cpu/online")) -> list[int]:
+    """The CPUs online now (``0-3,5``), whatever this process's affinity."""
+    try:
+        text = path.read_text().strip()
+    except OSError:
+        return []
+    cpus: list[int] = []
+    for part in filter(None, text.split(",")):
+        low, _, high = part.partition("-")
+        cpus += range(int(low), int(high or low) + 1)
+    return cpus
+
+
 def _next_power_of_two(value: int) -> int:
     return 1 << max(value - 1, 1).bit_length()
 
@@ -161,7 +174,7 @@ class BpfSampler:
         self.host = host
         self.logger = logger
         self.symbolizer = symbolizer or Symbolizer(host.kernel, logger=logger.getChild("symbols"))
-        self.cpus = max(host.online_cpus or host.cpu_count, 1)
+        self.cpus = len(online_cpus()) or max(host.cpu_count, 1)
         self.max_stacks = stack_map_size(config, self.cpus)
         self.trace = config.mode is SamplingMode.TRACE
         self._bpf: Any = None
@@ -230,6 +243,9 @@ class BpfSampler:
             self._bpf = None
             raise SourceUnavailable(f"cannot attach the sampler to the CPU clock: {_first_line(exc)}") from None
         _release_compiler_memory(self._bpf)
+        missing = [pid for pid in self.config.pids if not Path(f"/proc/{pid}").exists()]
+        if missing:
+            self.logger.warning("sampler.pids: no such process: %s", ", ".join(map(str, missing)))
         self._window_start = time.time_ns()
         self._poll_thread = threading.Thread(target=self._poll, name="antiprof-bpf-poll", daemon=True)
         self._poll_thread.start()
@@ -259,7 +275,8 @@ class BpfSampler:
 
     def _on_sample_event(self, ctx: Any, data: Any, size: int) -> None:
         event = ct.cast(data, ct.POINTER(SampleEvent)).contents
-        self._events.append((event.set, event.ktime_ns, _raw_key(event.key)))
+        with self._lock:
+            self._events.append((event.set, event.ktime_ns, _raw_key(event.key)))
 
     def _poll(self) -> None:
         try:
@@ -338,9 +355,9 @@ class BpfSampler:
         return values
 
     def _take_events(self, drained: int) -> list[tuple[RawKey, int, tuple[int, ...]]]:
-        events, self._events = self._events, []
-        keep = [event for event in events if event[0] != drained]
-        self._events = keep + self._events
+        with self._lock:  # the poll thread appends meanwhile
+            events = self._events
+            self._events = [event for event in events if event[0] != drained]
         offset = time.time_ns() - time.monotonic_ns()  # bpf_ktime_get_ns is CLOCK_MONOTONIC
         grouped: dict[RawKey, list[int]] = {}
         for set_index, ktime, key in events:
