@@ -111,7 +111,9 @@ int on_sample(struct bpf_perf_event_data *ctx) {
     u32 set = (slot && *slot) ? 1 : 0;
     bump(set, SAMPLES_SEEN);
 
-    if (tgid != 0) {
+    // Look up before inserting: an LRU insert takes a free node first, which costs even when
+    // the key is already there.
+    if (tgid != 0 && !known_tgids.lookup(&tgid)) {
         u8 yes = 1;
         if (known_tgids.insert(&tgid, &yes) == 0)
             new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
