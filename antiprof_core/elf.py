@@ -17,6 +17,7 @@ from attrs import frozen
 from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
+from elftools.elf.segments import NoteSegment
 
 DEBUG_ROOT = Path("/usr/lib/debug")
 
@@ -130,12 +131,24 @@ def _symbol_entries(elf: ELFFile) -> list[tuple[int, int, str]]:
 
 
 def _build_id(elf: ELFFile) -> str | None:
-    for section in elf.iter_sections():
+    """From the PT_NOTE segments: program headers only, no section table to parse."""
+    for segment in elf.iter_segments():
+        if isinstance(segment, NoteSegment):
+            for note in segment.iter_notes():
+                if note["n_type"] == "NT_GNU_BUILD_ID":
+                    return str(note["n_desc"])
+    for section in elf.iter_sections():  # a debug file has its notes as sections only
         if isinstance(section, NoteSection):
             for note in section.iter_notes():
                 if note["n_type"] == "NT_GNU_BUILD_ID":
                     return str(note["n_desc"])
     return None
+
+
+def read_build_id(path: str | Path) -> str | None:
+    """The GNU build ID of one file, without reading its symbols; raises OSError or ELFError."""
+    with open(path, "rb") as stream:
+        return _build_id(ELFFile(stream))
 
 
 def _debuglink(elf: ELFFile) -> str | None:

@@ -23,7 +23,7 @@ from attrs import define, field
 from elftools.common.exceptions import ELFError
 
 from antiprof_core import procfs
-from antiprof_core.elf import DEBUG_ROOT, ElfInfo, SymbolTable, read_elf, read_elf_bytes
+from antiprof_core.elf import DEBUG_ROOT, ElfInfo, SymbolTable, read_build_id, read_elf, read_elf_bytes
 from antiprof_core.kallsyms import read_kallsyms
 from antiprof_core.model import Frame, FrameKind, Mapping, Process
 from antiprof_core.perfmap import PerfMap, perf_map_path
@@ -117,6 +117,7 @@ class Symbolizer:
         self._lock = threading.Lock()
         self._processes: dict[int, ProcessState] = {}
         self._elf_files: LruCache[tuple[int, int, str], ElfInfo | bool] = LruCache(max_files)
+        self._build_ids: LruCache[tuple[int, int, str], str] = LruCache(16 * max_files)
         self._kernel_symbols: SymbolTable | None = None  # loaded on the first kernel frame
         self._kernel_frames: LruCache[tuple[int, bool], Frame] = LruCache(200_000)
         self._vdso: ElfInfo | bool | None = None
@@ -155,10 +156,7 @@ class Symbolizer:
         for entry in state.entries:
             is_anonymous = entry.anonymous and entry.path != VDSO_PATH
             path = ANON_PATH if is_anonymous and not entry.path.startswith("[") else entry.path
-            build_id = None
-            if not is_anonymous:
-                elf = self._elf_for(state.pid, entry.path, entry.device, entry.inode)
-                build_id = elf.build_id if elf is not None else None
+            build_id = None if is_anonymous else self._build_id_for(state.pid, entry.path, entry.device, entry.inode)
             mappings.append(
                 Mapping(
                     start=entry.start,
@@ -243,6 +241,30 @@ class Symbolizer:
         with self._lock:
             self._elf_files.put(key, info if info is not None else False)
         return info
+
+    def _build_id_for(self, pid: int, path: str, device: int, inode: int) -> str | None:
+        """Every mapping needs its build ID, but only mappings that samples hit need symbols."""
+        if path == VDSO_PATH:
+            vdso = self._vdso_elf()
+            return vdso.build_id if vdso is not None else None
+        key = (device, inode, path if not inode else "")
+        with self._lock:
+            known = self._build_ids.get(key)
+            elf = self._elf_files.get(key)
+        if known is not None:
+            return known or None
+        if isinstance(elf, ElfInfo):
+            return elf.build_id
+        build_id = None
+        for candidate in (f"{self._proc}/{pid}/root{path}", path):
+            try:
+                build_id = read_build_id(candidate)
+                break
+            except (OSError, ELFError, ValueError) as exc:
+                self._logger.debug("cannot read the build ID of %s: %s", candidate, exc)
+        with self._lock:
+            self._build_ids.put(key, build_id or "")
+        return build_id
 
     def _vdso_elf(self) -> ElfInfo | None:
         """The vDSO is the same image in every process: read ours from memory once."""
