@@ -221,21 +221,21 @@ class BpfSampler:
         from bcc import BPF, PerfSWConfig, PerfType
 
         try:
-            self._bpf = BPF(text=bpf_source(), cflags=self.cflags())
+            self._bpf = BPF(text=bpf_source().encode(), cflags=self.cflags())
         except Exception as exc:
             raise SourceUnavailable(f"the BPF program failed to compile or load: {_first_line(exc)}") from None
         try:
             if self.config.pids:
-                pid_filter = self._bpf["pid_filter"]
+                pid_filter = self._bpf[b"pid_filter"]
                 for pid in self.config.pids:
                     pid_filter[ct.c_uint32(pid)] = ct.c_uint8(1)
-            self._bpf["new_tgids"].open_ring_buffer(self._on_new_tgid)
+            self._bpf[b"new_tgids"].open_ring_buffer(self._on_new_tgid)
             if self.trace:
-                self._bpf["sample_events"].open_ring_buffer(self._on_sample_event)
+                self._bpf[b"sample_events"].open_ring_buffer(self._on_sample_event)
             self._bpf.attach_perf_event(
                 ev_type=PerfType.SOFTWARE,
                 ev_config=PerfSWConfig.CPU_CLOCK,
-                fn_name="on_sample",
+                fn_name=b"on_sample",
                 sample_freq=self.config.frequency_hz,
             )
         except Exception as exc:
@@ -313,7 +313,7 @@ class BpfSampler:
         self._wait_for_cleaner()  # the set switched in next must be empty
         drained = self._active
         self._active = 1 - drained
-        self._bpf["active_set"][ct.c_int(0)] = ct.c_uint32(self._active)
+        self._bpf[b"active_set"][ct.c_int(0)] = ct.c_uint32(self._active)
         end_ns = time.time_ns()
         time.sleep(SETTLE_SECONDS)
         self._consume_ring_buffers()
@@ -345,7 +345,7 @@ class BpfSampler:
         return window
 
     def _read_counters(self, drained: int) -> dict[str, int]:
-        table = self._bpf["counters"]
+        table = self._bpf[b"counters"]
         values = {}
         base = drained * len(COUNTER_NAMES)
         for slot, name in enumerate(COUNTER_NAMES):
@@ -366,7 +366,7 @@ class BpfSampler:
         return [(key, len(stamps), tuple(sorted(stamps))) for key, stamps in grouped.items()]
 
     def _drain_counts(self, drained: int) -> list[tuple[RawKey, int]]:
-        table = self._bpf[f"counts{drained}"]
+        table = self._bpf[f"counts{drained}".encode()]
         from bcc.libbcc import lib
 
         capacity = self.max_stacks
@@ -408,7 +408,7 @@ class BpfSampler:
         """
         from bcc.libbcc import lib
 
-        fd = self._bpf[f"stacks{drained}"].map_fd
+        fd = self._bpf[f"stacks{drained}".encode()].map_fd
         ids = {key[3] for key, _, _ in raw if key[3] >= 0} | {key[4] for key, _, _ in raw if key[4] >= 0}
         buffer = self._stack_buffer
         view = memoryview(buffer).cast("B").cast("Q")
@@ -538,7 +538,7 @@ class BpfSampler:
         """Let a reused PID be announced again once its previous owner is forgotten."""
         forgotten = self.symbolizer.end_window()
         if forgotten:
-            known = self._bpf["known_tgids"]
+            known = self._bpf[b"known_tgids"]
             for pid in forgotten:
                 with contextlib.suppress(KeyError):
                     del known[ct.c_uint32(pid)]
