@@ -112,8 +112,8 @@ def everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
         with running(config) as sampler:
             processes["syscall"] = subprocess.Popen([str(syscall_program), "3"])
             if node:
-                processes["node"] = subprocess.Popen(
-                    [node, "--perf-basic-prof", str(script), "3"], stdout=subprocess.DEVNULL
+                processes["node"] = subprocess.Popen(  # cwd: node also writes isolate-*-v8.log there
+                    [node, "--perf-basic-prof", str(script), "3"], stdout=subprocess.DEVNULL, cwd=directory
                 )
             time.sleep(0.2)
             processes["short"] = subprocess.Popen([str(short_program), "0.4"])
