@@ -291,7 +291,8 @@ def test_jit_frames_are_named_from_the_perf_map(tmp_path):
     run = Run(tmp_path)
     script_path = tmp_path / "hot.js"
     script_path.write_text(HOT_JS)
-    workload = subprocess.Popen([node, "--perf-basic-prof", str(script_path), str(WORKLOAD_SECONDS)])
+    # node writes isolate-*.log files into its working directory: keep them in the test's.
+    workload = subprocess.Popen([node, "--perf-basic-prof", str(script_path), str(WORKLOAD_SECONDS)], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 10
         while not Path(f"/tmp/perf-{workload.pid}.map").exists():  # JIT code exists once the map does
