@@ -3,7 +3,7 @@
 Both CPUs are kept busy by the two-function workload. For each frequency, ``antiprof run``
 (real BPF source, no consumers: windows are drained, symbolized and discarded) and then
 ``perf record -F HZ -a -g`` each run for the same time; the table gives their CPU per wall
-second after start-up (antiprof: after its first window, which warms the caches), RSS, start-up
+second after start-up (antiprof: after its first three 2 s windows, which warm the caches), RSS, start-up
 time (to the program attached; perf: to its first bytes on disk), the BPF program's cost per
 sample (``kernel.bpf_stats_enabled``), and the drain and symbolize time per window. perf names
 frames later, in ``perf report``: its CPU per recorded second is shown in the last column's
@@ -35,6 +35,7 @@ from antiprof_core.workloads import build_many_stacks_workload, build_two_functi
 
 TICKS = os.sysconf("SC_CLK_TCK")
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")
+WARM_UP_WINDOWS = 3
 DRAIN_LINE = re.compile(r"drained in ([\d.]+) ms, symbolized in ([\d.]+) ms")
 
 
@@ -91,7 +92,9 @@ def measure_agent(frequency: int, seconds: float, workdir: Path) -> dict[str, st
             raise SystemExit(f"antiprof run failed: {log.read_text()}")
         time.sleep(0.01)
     startup = time.monotonic() - launched
-    while "drained in" not in log.read_text():  # the first window warms the caches: not measured
+    # The first windows warm the caches (ELF symbols are read when a sample first hits a file,
+    # which at 19 Hz takes a few windows): they are start-up, not steady state.
+    while log.read_text().count("drained in") < WARM_UP_WINDOWS:
         time.sleep(0.01)
     cpu_before = cpu_seconds(agent.pid)
     time.sleep(seconds)
@@ -101,7 +104,7 @@ def measure_agent(frequency: int, seconds: float, workdir: Path) -> dict[str, st
     agent.send_signal(signal.SIGTERM)
     agent.wait(timeout=30)
     drains = [(float(a), float(b)) for a, b in DRAIN_LINE.findall(log.read_text())]
-    drains = drains[1:] or drains  # the first window, cold caches, is start-up
+    drains = drains[WARM_UP_WINDOWS:] or drains
     drain_ms = sum(a + b for a, b in drains) / len(drains) if drains else float("nan")
     return {
         "cpu": f"{100 * cpu:.2f}%",
