@@ -7,8 +7,10 @@ and a harness that runs a consumer through its whole life.
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pluggy
@@ -26,6 +28,7 @@ __all__ = [
     "plugin_manager",
     "require_bpf",
     "run_consumer",
+    "small_tmpfs",
     "synthetic_context",
     "synthetic_host",
     "synthetic_window",
@@ -101,3 +104,24 @@ def antiprof_command(*args: str) -> list[str]:
     import sys
 
     return [sys.executable, "-m", "antiprof_core.cli", *args]
+
+
+@contextlib.contextmanager
+def small_tmpfs(directory: Path, size: str = "256k") -> Iterator[Path]:
+    """A real, tiny filesystem at ``directory`` for full-disk tests; unmounted afterwards (needs root).
+
+    Skips the calling test when not root; a mock ENOSPC would not show how a sink really fails.
+    """
+    import os
+    import subprocess
+
+    import pytest
+
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root")
+    directory.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(directory)], check=True)
+    try:
+        yield directory
+    finally:
+        subprocess.run(["umount", "--lazy", str(directory)], check=False)

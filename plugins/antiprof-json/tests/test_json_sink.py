@@ -5,6 +5,7 @@ import os
 import stat
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import antiprof_json
@@ -12,7 +13,7 @@ import pytest
 
 from antiprof_core.codec import window_from_dict
 from antiprof_core.config import ConfigError
-from antiprof_core.testing import make_consumer, run_consumer, synthetic_window
+from antiprof_core.testing import make_consumer, run_consumer, small_tmpfs, synthetic_window
 
 
 def test_one_line_per_window_written_through_at_once(tmp_path: Path) -> None:
@@ -41,7 +42,7 @@ def test_appends_rather_than_truncating(tmp_path: Path) -> None:
 def test_stdout(tmp_path: Path) -> None:
     script = (
         "import antiprof_json\n"
-        "from antiprof_core.testing import make_consumer, run_consumer, synthetic_window\n"
+        "from antiprof_core.testing import make_consumer, run_consumer, small_tmpfs, synthetic_window\n"
         "run_consumer(make_consumer(antiprof_json, 'json'), [synthetic_window(stacks=7), synthetic_window(stacks=9)])\n"
     )
     out = subprocess.run([sys.executable, "-c", script], capture_output=True, check=True).stdout
@@ -61,19 +62,13 @@ def test_config_is_strict() -> None:
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path: Path):  # type: ignore[no-untyped-def]
-    """A 256 KiB tmpfs: a real full disk, not a mock."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+def full_disk(tmp_path: Path) -> Iterator[Path]:
+    with small_tmpfs(tmp_path / "small") as mount:
+        yield mount
 
 
-def test_full_disk_keeps_the_file_valid_and_resumes_when_space_returns(small_tmpfs: Path) -> None:
-    path = small_tmpfs / "w.jsonl"
+def test_full_disk_keeps_the_file_valid_and_resumes_when_space_returns(full_disk: Path) -> None:
+    path = full_disk / "w.jsonl"
     window = synthetic_window(processes=2, stacks=300, depth=8)  # ~70 KB a line: the 4th does not fit
     consumer = make_consumer(antiprof_json, "json", {"path": str(path)})
     consumer.start()

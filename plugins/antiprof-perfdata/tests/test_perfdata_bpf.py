@@ -21,7 +21,7 @@ from antiprof_core.codec import window_from_dict
 from antiprof_core.elf import read_elf
 from antiprof_core.host import read_host
 from antiprof_core.model import ProfileWindow
-from antiprof_core.testing import require_bpf
+from antiprof_core.testing import require_bpf, small_tmpfs
 from antiprof_core.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_syscall_workload
 
 ANTIPROF = str(Path(sys.executable).parent / "antiprof")
@@ -203,14 +203,9 @@ def test_sigkill_of_the_agent_leaves_a_file_perf_reads(tmp_path, two_function_bi
 
 @pytest.fixture
 def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
-    mount = tmp_path / "full"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=96k", "tmpfs", str(mount)], check=True)
-    try:
+    with small_tmpfs(tmp_path / "full", size="96k") as mount:
         (mount / "filler").write_bytes(b"\0" * (92 * 1024))  # one page left
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs, two_function_binary):

@@ -20,6 +20,7 @@ from antiprof_perfdata.sink import PerfDataSink, PerfDataWriteError
 
 from antiprof_core.config import ConfigError
 from antiprof_core.testing import make_consumer, run_consumer, synthetic_window
+from antiprof_core.testing import small_tmpfs as mount_small_tmpfs
 
 T0 = 1_795_600_000_000_000_000  # 2026-11-25T09:46:40Z
 SECOND = 1_000_000_000
@@ -173,13 +174,8 @@ def test_vanished_directory_is_recreated_on_the_next_window(tmp_path, buildid_di
 @pytest.fixture
 def small_tmpfs(tmp_path):
     """A 256 KiB tmpfs, unmounted afterwards (needs root)."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root")
-    mount = tmp_path / "small"
-    mount.mkdir()
-    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k,mode=0700", "tmpfs", str(mount)], check=True)
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
+    with mount_small_tmpfs(tmp_path / "small") as mount:
+        yield mount
 
 
 def test_full_disk_drops_the_window_names_the_path_and_recovers(small_tmpfs, buildid_dir):
