@@ -13,6 +13,7 @@ from typing import Any
 import click
 import tomli_w
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from antiprof_core import __version__
@@ -197,8 +198,8 @@ def _print_hottest(summary: HottestFunctions, limit: int) -> None:
             f"{100 * cost.self_samples / summary.samples:.1f}%",
             f"{100 * cost.total_samples / summary.samples:.1f}%",
             str(cost.self_samples),
-            cost.function,
-            cost.module,
+            escape(cost.function),  # names like [kernel.kallsyms] are not rich markup
+            escape(cost.module),
         )
     stdout.print(table)
 
@@ -226,7 +227,7 @@ def plugins(as_json: bool) -> None:
     for column in ("Plugin", "Distribution", "Version", "Consumer types", "Status"):
         table.add_column(column)
     for info in loaded.plugins:
-        status = "disabled" if info.disabled else f"[red]error: {info.error}[/red]" if info.error else "ok"
+        status = "disabled" if info.disabled else f"[red]error: {escape(info.error)}[/red]" if info.error else "ok"
         table.add_row(info.name, info.distribution or "", info.version or "", ", ".join(info.consumer_types), status)
     stdout.print(table)
 

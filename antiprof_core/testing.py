@@ -100,10 +100,14 @@ def require_bpf() -> None:
 
 
 def antiprof_command(*args: str) -> list[str]:
-    """argv that runs the ``antiprof`` command of this Python environment, for subprocess tests."""
+    """argv that runs the ``antiprof`` command of this Python environment, for subprocess tests.
+
+    The installed console script when there is one (so its entry point is tested too), else ``-m``.
+    """
     import sys
 
-    return [sys.executable, "-m", "antiprof_core.cli", *args]
+    script = Path(sys.executable).parent / "antiprof"
+    return [str(script), *args] if script.exists() else [sys.executable, "-m", "antiprof_core.cli", *args]
 
 
 @contextlib.contextmanager

@@ -5,25 +5,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import pytest
 
 from antiprof_core.codec import window_from_dict
-from antiprof_core.testing import require_bpf
+from antiprof_core.testing import antiprof_command, require_bpf
 from antiprof_core.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_two_function_workload
 
 pytestmark = pytest.mark.bpf
-
-ANTIPROF = [sys.executable, "-m", "antiprof_core.cli"]
-
-
-def antiprof_command() -> list[str]:
-    script = Path(sys.executable).parent / "antiprof"
-    return [str(script)] if script.exists() else ANTIPROF
-
 
 def test_antiprof_run_json_names_both_functions_with_their_shares(tmp_path: Path) -> None:
     require_bpf()
