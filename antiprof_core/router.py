@@ -105,17 +105,20 @@ class ConsumerWorker:
         return window
 
     def _run(self) -> None:
-        if not self._call("start", self.consumer.start):
-            self._logger.error("consumer '%s' failed to start; its windows are dropped", self.name)
-            with self._ready:
-                self._queue.clear()
-            return
+        # A sink that cannot start (its directory or endpoint is not there yet) is tried again
+        # before each window, so it recovers by itself; the windows it misses meanwhile count as errors.
+        started = self._call("start", self.consumer.start)
         while (window := self._next()) is not None:
+            if not started:
+                started = self._call("start", self.consumer.start)
+                if not started:
+                    continue
             if self._call("consume", lambda w=window: self.consumer.consume(w)):
                 self.delivered += 1
                 self._metrics.delivered.labels(self.name).inc()
-        self._call("flush", lambda: self.consumer.flush(max(self._deadline - time.monotonic(), 0.0)))
-        self._call("close", self.consumer.close)
+        if started:
+            self._call("flush", lambda: self.consumer.flush(max(self._deadline - time.monotonic(), 0.0)))
+            self._call("close", self.consumer.close)
         self.finished = True
 
     def _call(self, what: str, action: object) -> bool:

@@ -130,3 +130,29 @@ def test_shutdown_delivers_queued_windows_then_abandons_a_hung_flush_at_the_dead
     assert not stats["hung"].finished and stats["healthy"].finished
     assert healthy.calls == ["start", "flush", "close"]
     assert "consumer 'hung' did not flush and close within 0.5s" in caplog.text
+
+
+def test_a_consumer_that_fails_to_start_is_retried_before_each_window() -> None:
+    class LateStart(Recording):
+        def __init__(self) -> None:
+            super().__init__()
+            self.attempts = 0
+
+        def start(self) -> None:
+            self.attempts += 1
+            if self.attempts < 3:
+                raise FileNotFoundError("/mnt/not-yet-mounted")
+            super().start()
+
+    router = Router(logging.getLogger("antiprof.test"))
+    late = LateStart()
+    router.add("late", late, queue_size=len(WINDOWS))
+    router.start()
+    for window in WINDOWS[:5]:
+        router.publish(window)
+    [stats] = router.shutdown(timeout=10)
+    # start at launch fails, before window 0 fails, before window 1 works: windows 1-4 delivered.
+    assert late.attempts == 3
+    assert [w.start_ns for w in late.windows] == [w.start_ns for w in WINDOWS[1:5]]
+    assert (stats.delivered, stats.errors, stats.finished) == (4, 2, True)
+    assert late.calls == ["start", "flush", "close"]

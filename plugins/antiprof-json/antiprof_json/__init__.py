@@ -17,7 +17,7 @@ STDOUT = "-"
 
 @frozen
 class JsonConfig:
-    path: str = STDOUT  # a file (appended to, created 0600) or "-" for stdout
+    path: str = STDOUT  # a file (appended to, created 0600, its folder 0700 if missing) or "-" for stdout
 
 
 class JsonLinesConsumer(Consumer):
@@ -38,6 +38,7 @@ class JsonLinesConsumer(Consumer):
             if self.path == STDOUT:
                 self._fd = sys.stdout.fileno()
             else:
+                os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
                 self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
         return self._fd
 

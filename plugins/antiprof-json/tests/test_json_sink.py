@@ -49,9 +49,17 @@ def test_stdout(tmp_path: Path) -> None:
     assert [len(json.loads(line)["samples"]) for line in out.splitlines()] == [7, 9]
 
 
-def test_unwritable_path_names_the_file(tmp_path: Path) -> None:
-    consumer = make_consumer(antiprof_json, "json", {"path": str(tmp_path / "missing" / "w.jsonl")})
-    with pytest.raises(FileNotFoundError):
+def test_missing_folders_are_created(tmp_path: Path) -> None:
+    path = tmp_path / "new" / "deeper" / "w.jsonl"
+    run_consumer(make_consumer(antiprof_json, "json", {"path": str(path)}), [synthetic_window(stacks=5)])
+    assert len(path.read_text().splitlines()) == 1
+    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+
+
+def test_unusable_path_fails_to_start(tmp_path: Path) -> None:
+    (tmp_path / "a-file").write_text("")
+    consumer = make_consumer(antiprof_json, "json", {"path": str(tmp_path / "a-file" / "w.jsonl")})
+    with pytest.raises(FileExistsError, match="a-file"):
         consumer.start()
 
 
