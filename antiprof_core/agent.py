@@ -93,7 +93,7 @@ class Agent:
         self.stats = self.router.shutdown(self.config.agent.shutdown_timeout)
         for stats in self.stats:
             self.logger.info(
-                "consumer '%s': %d delivered, %d dropped, %d errors",
+                "consumer '%s': %d windows consumed, %d dropped (queue full), %d errors",
                 stats.name,
                 stats.delivered,
                 stats.dropped,

@@ -20,6 +20,8 @@ from prometheus_client import CollectorRegistry, Counter
 from antiprof_core.consumer import Consumer
 from antiprof_core.model import ProfileWindow
 
+CLOSE_RESERVE_SECONDS = 1.0
+
 
 @frozen
 class ConsumerStats:
@@ -104,6 +106,11 @@ class ConsumerWorker:
             window = attrs.evolve(window, counters=attrs.evolve(window.counters, windows_dropped=drops))
         return window
 
+    def _flush_budget(self) -> float:
+        """Time left to the deadline, less a reserve so close() can still report what was lost."""
+        remaining = max(self._deadline - time.monotonic(), 0.0)
+        return remaining - min(CLOSE_RESERVE_SECONDS, remaining / 10)
+
     def _run(self) -> None:
         # A sink that cannot start (its directory or endpoint is not there yet) is tried again
         # before each window, so it recovers by itself; the windows it misses meanwhile count as errors.
@@ -117,7 +124,7 @@ class ConsumerWorker:
                 self.delivered += 1
                 self._metrics.delivered.labels(self.name).inc()
         if started:
-            self._call("flush", lambda: self.consumer.flush(max(self._deadline - time.monotonic(), 0.0)))
+            self._call("flush", lambda: self.consumer.flush(self._flush_budget()))
             self._call("close", self.consumer.close)
         self.finished = True
 

@@ -24,7 +24,7 @@ def test_run_writes_one_json_line_per_window(run_cli) -> None:  # type: ignore[n
     for earlier, later in itertools.pairwise(windows):
         assert earlier.end_ns == later.start_ns  # contiguous: nothing falls between windows
     assert all(len(w.samples) == 500 for w in windows)
-    assert "consumer 'json': 3 delivered, 0 dropped, 0 errors" in result.stderr
+    assert "consumer 'json': 3 windows consumed, 0 dropped (queue full), 0 errors" in result.stderr
 
 
 def test_sigterm_mid_window_delivers_the_last_window_to_every_consumer(tmp_path: Path) -> None:
@@ -90,7 +90,7 @@ def test_a_consumer_that_cannot_start_is_retried_and_the_others_go_on(tmp_path: 
     assert len((tmp_path / "good.jsonl").read_text().splitlines()) == 2
     # Tried at start and again before each of the 2 windows, one line each, no traceback.
     assert result.stderr.count("consumer 'broken' start failed: FileExistsError") == 3
-    assert "consumer 'broken': 0 delivered, 0 dropped, 3 errors" in result.stderr
+    assert "consumer 'broken': 0 windows consumed, 0 dropped (queue full), 3 errors" in result.stderr
     assert "Traceback" not in result.stderr
 
 

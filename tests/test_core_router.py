@@ -156,3 +156,19 @@ def test_a_consumer_that_fails_to_start_is_retried_before_each_window() -> None:
     assert [w.start_ns for w in late.windows] == [w.start_ns for w in WINDOWS[1:5]]
     assert (stats.delivered, stats.errors, stats.finished) == (4, 2, True)
     assert late.calls == ["start", "flush", "close"]
+
+
+def test_flush_leaves_time_for_close_to_report() -> None:
+    class SlowFlush(Recording):
+        def flush(self, timeout: float) -> None:
+            self.flush_timeout = timeout
+            time.sleep(timeout)
+            super().flush(timeout)
+
+    router = Router(logging.getLogger("antiprof.test"))
+    slow = SlowFlush()
+    router.add("slow", slow)
+    router.start()
+    [stats] = router.shutdown(timeout=2.0)
+    assert 1.0 <= slow.flush_timeout <= 1.81  # 2 s less the reserve for close()
+    assert slow.calls == ["start", "flush", "close"] and stats.finished
