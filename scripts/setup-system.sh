@@ -7,7 +7,6 @@ PACKAGES=(
   python3-venv
   linux-perf       # tests check our perf.data with the real perf
   linux-headers-amd64  # BCC compiles the BPF program at load time
-  golang-go        # go tool pprof, to cross-check profiles
   gcc make         # test workloads are C programs built by the tests
   binutils         # objcopy, strip, readelf: symbolizer tests make stripped files and debug links
 )
