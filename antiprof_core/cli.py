@@ -180,9 +180,9 @@ def record(
     code = _run_agent(Agent(config, logger, extra_consumers=[("summary", summary)]), float(duration))
     _print_hottest(summary, top)
     for perf_file in sorted(glob.glob(str(out / "*.perf.data"))):
-        stdout.print(f"perf.data written: [bold]perf report -i {perf_file}[/bold]")
+        stdout.print(f"perf.data written: [bold]perf report -i {escape(perf_file)}[/bold]")
     if "json" in consumers:
-        stdout.print(f"JSON lines written: {consumers['json']['path']}")
+        stdout.print(f"JSON lines written: {escape(consumers['json']['path'])}")
     sys.exit(code)
 
 
