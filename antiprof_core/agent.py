@@ -43,7 +43,6 @@ class Agent:
         self.sampler_metrics = SamplerMetrics(self.metrics)
         self._extra = extra_consumers
         self._stop = threading.Event()
-        self.windows_published = 0
         self.stats: Sequence[ConsumerStats] = ()
 
     def stop(self) -> None:
@@ -132,4 +131,3 @@ class Agent:
         window = source.collect()
         self.router.publish(window)
         self.sampler_metrics.record(window.counters)
-        self.windows_published += 1

@@ -8,7 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 import tomli_w
@@ -49,7 +49,7 @@ class DurationParam(click.ParamType):
             self.fail(str(exc), param, ctx)
 
 
-def _fail(lines: list[str], code: int) -> None:
+def _fail(lines: list[str], code: int) -> NoReturn:
     for line in lines:
         click.echo(f"antiprof: {line}", err=True)
     sys.exit(code)
@@ -64,7 +64,6 @@ def _load(config_path: str | None, plugins: LoadedPlugins) -> Config:
         return load_config(path, plugins.catalog)
     except ConfigError as error:
         _fail(error.lines(), EXIT_USAGE)
-        raise  # unreachable
 
 
 def _log_options(function: Any) -> Any:
@@ -93,7 +92,6 @@ def _run_agent(agent: Agent, duration: float | None) -> int:
         return agent.run(duration)
     except AgentError as exc:
         _fail([f"error: {exc}"], 1)
-        raise  # unreachable
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

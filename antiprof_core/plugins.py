@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
-from collections.abc import Iterable
 from collections.abc import Mapping as MappingABC
 from typing import Any
 
+import attrs
 import pluggy
 from attrs import field, frozen
 
@@ -141,16 +141,4 @@ def _collect_types(manager: pluggy.PluginManager) -> _FoundTypes:
 
 
 def _with_types(info: PluginInfo, owned: dict[str, list[str]], errors: dict[str, str]) -> PluginInfo:
-    return PluginInfo(
-        name=info.name,
-        distribution=info.distribution,
-        version=info.version,
-        consumer_types=tuple(owned.get(info.name, ())),
-        error=info.error or errors.get(info.name),
-        disabled=info.disabled,
-    )
-
-
-def register_modules(manager: pluggy.PluginManager, plugins: Iterable[object]) -> None:
-    for plugin in plugins:
-        manager.register(plugin)
+    return attrs.evolve(info, consumer_types=tuple(owned.get(info.name, ())), error=info.error or errors.get(info.name))

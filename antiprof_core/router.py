@@ -175,6 +175,3 @@ class Router:
                     worker.queued,
                 )
         return [worker.stats() for worker in self.workers]
-
-    def stats(self) -> Sequence[ConsumerStats]:
-        return [worker.stats() for worker in self.workers]

@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 from antiprof_core.config import structure_section
 from antiprof_core.consumer import Consumer, ConsumerContext, ConsumerType
 from antiprof_core.model import Host, ProfileWindow
-from antiprof_core.plugins import consumer_types, new_plugin_manager, register_modules
+from antiprof_core.plugins import consumer_types, new_plugin_manager
 from antiprof_core.synthetic import synthetic_host, synthetic_window
 
 __all__ = [
@@ -38,7 +38,8 @@ __all__ = [
 def plugin_manager(*plugins: object) -> pluggy.PluginManager:
     """A plugin manager with antiprof's hookspecs and only ``plugins`` registered (no entry points)."""
     manager = new_plugin_manager()
-    register_modules(manager, plugins)
+    for plugin in plugins:
+        manager.register(plugin)
     manager.check_pending()
     return manager
 
