@@ -15,7 +15,7 @@ from antiprof_core.host import read_host
 from antiprof_core.metrics import SamplerMetrics, serve
 from antiprof_core.model import Host
 from antiprof_core.router import ConsumerStats, Router
-from antiprof_core.source import SourceUnavailable, WindowSource, make_source
+from antiprof_core.sources import SourceUnavailable, WindowSource, make_source
 
 EXIT_OK = 0
 EXIT_FAILURE = 1

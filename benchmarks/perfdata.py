@@ -31,7 +31,7 @@ from antiprof_perfdata.writer import PerfDataFile
 
 from antiprof_core.codec import window_to_dict
 from antiprof_core.model import ProfileWindow
-from antiprof_core.synthetic import synthetic_window
+from antiprof_core.sources.synthetic import synthetic_window
 
 TARGET_RECORDS_PER_SECOND = 300_000
 SAMPLE_WORDS = {
@@ -129,8 +129,8 @@ def size_per_sample(window: ProfileWindow, directory: Path) -> None:
 
 
 def side_by_side(directory: Path) -> None:
-    from antiprof_core.sampler import bpf_unavailable_reason
-    from antiprof_core.workloads import TWO_FUNCTION_SHARES, build_two_function_workload
+    from antiprof_core.sources.bpf import bpf_unavailable_reason
+    from antiprof_core.testing.workloads import TWO_FUNCTION_SHARES, build_two_function_workload
 
     reason = bpf_unavailable_reason()
     if reason:

@@ -29,9 +29,9 @@ from pathlib import Path
 
 from antiprof_core.config import SamplerConfig
 from antiprof_core.host import read_host
-from antiprof_core.sampler import BpfSampler, bpf_unavailable_reason
+from antiprof_core.sources.bpf import BpfSampler, bpf_unavailable_reason
+from antiprof_core.testing.workloads import build_many_stacks_workload, build_two_function_workload
 from antiprof_core.units import Duration
-from antiprof_core.workloads import build_many_stacks_workload, build_two_function_workload
 
 TICKS = os.sysconf("SC_CLK_TCK")
 BPF_STATS = Path("/proc/sys/kernel/bpf_stats_enabled")

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from antiprof_core.testing import antiprof_command, require_bpf
-from antiprof_core.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_two_function_workload
+from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_two_function_workload
 
 pytestmark = pytest.mark.bpf
 

@@ -21,16 +21,16 @@ from attrs import frozen
 from antiprof_core.config import SamplerConfig
 from antiprof_core.host import read_host
 from antiprof_core.model import FrameKind, ProfileWindow, Sample, SamplingMode
-from antiprof_core.sampler import BpfSampler
+from antiprof_core.sources.bpf import BpfSampler
 from antiprof_core.testing import require_bpf
-from antiprof_core.units import Duration
-from antiprof_core.workloads import (
+from antiprof_core.testing.workloads import (
     SYSCALL_FUNCTION,
     TWO_FUNCTION_CALLERS,
     TWO_FUNCTION_SHARES,
     build_syscall_workload,
     build_two_function_workload,
 )
+from antiprof_core.units import Duration
 
 pytestmark = pytest.mark.bpf
 

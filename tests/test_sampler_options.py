@@ -6,7 +6,7 @@ import re
 from pathlib import Path
 
 from antiprof_core.config import SamplerConfig
-from antiprof_core.sampler import COUNTER_NAMES, bpf_source, online_cpus, stack_map_size
+from antiprof_core.sources.bpf import COUNTER_NAMES, bpf_source, online_cpus, stack_map_size
 from antiprof_core.units import Duration
 
 

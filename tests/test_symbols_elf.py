@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from antiprof_core.elf import read_elf
-from antiprof_core.kallsyms import read_kallsyms
 from antiprof_core.model import FrameKind
-from antiprof_core.perfmap import parse_perf_map
-from antiprof_core.procfs import container_id_from_cgroup, parse_maps_line
-from antiprof_core.symbols import LruCache, Symbolizer
+from antiprof_core.symbolize.elf import read_elf
+from antiprof_core.symbolize.kallsyms import read_kallsyms
+from antiprof_core.symbolize.perfmap import parse_perf_map
+from antiprof_core.symbolize.procfs import container_id_from_cgroup, parse_maps_line
+from antiprof_core.symbolize.symbolizer import LruCache, Symbolizer
 
 LIBRARY_SOURCE = r"""
 __attribute__((noinline)) static int antiprof_hidden_helper(int x) { return x * 7 + 1; }

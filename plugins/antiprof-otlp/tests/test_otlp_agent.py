@@ -16,7 +16,7 @@ from antiprof_otlp.reading import decoded_samples, index_problems
 from antiprof_otlp.testing import ProfilesReceiver, Reply, serve
 
 from antiprof_core.testing import antiprof_command, require_bpf
-from antiprof_core.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_two_function_workload
+from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_two_function_workload
 
 OTEL_VARIABLES = ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS")
 

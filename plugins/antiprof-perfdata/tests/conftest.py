@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from antiprof_core.model import Frame, FrameKind, Host, Mapping, Process, ProfileWindow, Sample
-from antiprof_core.synthetic import synthetic_host
-from antiprof_core.workloads import build_two_function_workload
+from antiprof_core.sources.synthetic import synthetic_host
+from antiprof_core.testing.workloads import build_two_function_workload
 
 
 @pytest.fixture

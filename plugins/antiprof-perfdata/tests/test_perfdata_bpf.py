@@ -18,11 +18,11 @@ import pytest
 from antiprof_perfdata.perftool import ScriptSample, parse_script, perf_path, run_perf
 
 from antiprof_core.codec import window_from_dict
-from antiprof_core.elf import read_elf
 from antiprof_core.host import read_host
 from antiprof_core.model import ProfileWindow
+from antiprof_core.symbolize.elf import read_elf
 from antiprof_core.testing import require_bpf, small_tmpfs
-from antiprof_core.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_syscall_workload
+from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_syscall_workload
 
 ANTIPROF = str(Path(sys.executable).parent / "antiprof")
 pytestmark = pytest.mark.bpf

@@ -22,11 +22,11 @@ from typing import Generic, TypeVar
 from attrs import define, field
 from elftools.common.exceptions import ELFError
 
-from antiprof_core import procfs
-from antiprof_core.elf import DEBUG_ROOT, ElfInfo, SymbolTable, read_build_id, read_elf, read_elf_bytes
-from antiprof_core.kallsyms import read_kallsyms
 from antiprof_core.model import Frame, FrameKind, Mapping, Process
-from antiprof_core.perfmap import PerfMap, perf_map_path
+from antiprof_core.symbolize import procfs
+from antiprof_core.symbolize.elf import DEBUG_ROOT, ElfInfo, SymbolTable, read_build_id, read_elf, read_elf_bytes
+from antiprof_core.symbolize.kallsyms import read_kallsyms
+from antiprof_core.symbolize.perfmap import PerfMap, perf_map_path
 
 K = TypeVar("K")
 V = TypeVar("V")

@@ -20,7 +20,7 @@ from antiprof_core.config import structure_section
 from antiprof_core.consumer import Consumer, ConsumerContext, ConsumerType
 from antiprof_core.model import Host, ProfileWindow
 from antiprof_core.plugins import consumer_types, new_plugin_manager
-from antiprof_core.synthetic import synthetic_host, synthetic_window
+from antiprof_core.sources.synthetic import synthetic_host, synthetic_window
 
 __all__ = [
     "antiprof_command",
@@ -90,7 +90,7 @@ def require_bpf() -> None:
 
     import pytest
 
-    from antiprof_core.sampler import bpf_unavailable_reason
+    from antiprof_core.sources.bpf import bpf_unavailable_reason
 
     reason = bpf_unavailable_reason()
     if reason is None:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from antiprof_core.elf import SymbolTable, build_symbol_table
+from antiprof_core.symbolize.elf import SymbolTable, build_symbol_table
 
 
 def perf_map_path(pid: int) -> Path:

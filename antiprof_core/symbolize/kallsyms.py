@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from antiprof_core.elf import SymbolTable
+from antiprof_core.symbolize.elf import SymbolTable
 
 _TEXT_TYPES = frozenset("tTwW")
 

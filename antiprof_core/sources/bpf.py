@@ -27,8 +27,8 @@ from typing import Any
 
 from antiprof_core.config import SamplerConfig
 from antiprof_core.model import Counters, Frame, Host, Process, ProfileWindow, Sample, SamplingMode
-from antiprof_core.source import SourceUnavailable
-from antiprof_core.symbols import Symbolizer
+from antiprof_core.sources import SourceUnavailable
+from antiprof_core.symbolize.symbolizer import Symbolizer
 
 _CAP_SYS_ADMIN = 21
 _CAP_PERFMON = 38

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from antiprof_core.config import SamplerConfig, SourceKind
 from antiprof_core.model import Host, ProfileWindow
-from antiprof_core.synthetic import synthetic_window
+from antiprof_core.sources.synthetic import synthetic_window
 
 
 class SourceUnavailable(Exception):
@@ -62,6 +62,6 @@ class SyntheticSource:
 def make_source(config: SamplerConfig, host: Host, logger: logging.Logger) -> WindowSource:
     if config.source is SourceKind.SYNTHETIC:
         return SyntheticSource(config, host)
-    from antiprof_core.sampler import BpfSampler  # BCC is imported only when it is used
+    from antiprof_core.sources.bpf import BpfSampler  # BCC is imported only when it is used
 
     return BpfSampler(config, host, logger)
