@@ -9,6 +9,8 @@ PACKAGES=(
   linux-headers-amd64  # BCC compiles the BPF program at load time
   gcc make         # test workloads are C programs built by the tests
   binutils         # objcopy, strip, readelf: symbolizer tests make stripped files and debug links
+  golang-go        # `go tool pprof` reads our pprof output in tests
+  chromium         # headless: flame graph HTML tests
 )
 
 log() { echo "antiprof setup: $*" >&2; }
@@ -38,4 +40,12 @@ if [ ! -e "$modules/build/include" ] && [ ! -e /sys/kernel/kheaders.tar.xz ]; th
   mkdir -p "$modules"
   ln -sfn "$fallback" "$modules/build"
   ln -sfn "${fallback%-amd64}-common" "$modules/source"
+fi
+
+# npm readers that tests check our files with (flamegraph, speedscope, pprof-format), pinned in tests/js.
+here=$(cd "$(dirname "$0")/.." && pwd)
+if [ ! -d "$here/tests/js/node_modules" ] || [ "$here/tests/js/package.json" -nt "$here/tests/js/node_modules" ]; then
+  log "installing the JavaScript readers in tests/js"
+  (cd "$here/tests/js" && npm install --no-audit --no-fund --loglevel=error >/dev/null)
+  touch "$here/tests/js/node_modules"
 fi
