@@ -5,6 +5,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import re
 import signal
 import sys
 from pathlib import Path
@@ -29,6 +30,7 @@ from antiprof_core.config import (
 from antiprof_core.logs import configure_logging
 from antiprof_core.plugins import LoadedPlugins, load_plugins
 from antiprof_core.summary import HottestFunctions
+from antiprof_core.terminal import terminal_safe
 from antiprof_core.units import Duration, parse_duration
 
 EXIT_USAGE = 2
@@ -79,6 +81,31 @@ def _log_options(function: Any) -> Any:
     )(function)
 
 
+_loaded: LoadedPlugins | None = None
+
+
+def _plugins() -> LoadedPlugins:
+    """The installed plugins, loaded once per process (their commands are added to ``main`` then)."""
+    global _loaded
+    if _loaded is None:
+        _loaded = load_plugins().add_commands(main)
+    return _loaded
+
+
+class _PluginGroup(click.Group):
+    """The top-level group: plugins' ``antiprof_register_commands`` run before any lookup, so
+    ``antiprof --help`` lists their commands and ``antiprof THEIRS`` finds them."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        _plugins()
+        return super().list_commands(ctx)
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name not in self.commands:
+            _plugins()
+        return super().get_command(ctx, cmd_name)
+
+
 def _run_agent(agent: Agent, duration: float | None) -> int:
     def on_signal(signum: int, _frame: Any) -> None:
         agent.logger.info("%s received: delivering the last window and shutting down", signal.Signals(signum).name)
@@ -94,7 +121,7 @@ def _run_agent(agent: Agent, duration: float | None) -> int:
         _fail([f"error: {exc}"], 1)
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=_PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="antiprof")
 def main() -> None:
     """antiprof: a continuous CPU profiler for Linux (eBPF sampling, plugin sinks)."""
@@ -113,9 +140,9 @@ def main() -> None:
 def run(config_path: str | None, duration: Duration | None, log_format: str, log_level: str) -> None:
     """Run the agent until SIGINT/SIGTERM or the duration ends."""
     logger = configure_logging(log_format, log_level)
-    plugins = load_plugins()
+    plugins = _plugins()
     config = _load(config_path, plugins)
-    sys.exit(_run_agent(Agent(config, logger), duration))
+    sys.exit(_run_agent(Agent(config, logger, plugins=plugins.manager), duration))
 
 
 @main.command()
@@ -151,7 +178,7 @@ def record(
 ) -> None:
     """Profile now, write to the default sinks in DIR, then print the hottest functions."""
     logger = configure_logging(log_format, log_level)
-    plugins = load_plugins()
+    plugins = _plugins()
     out = Path(output_dir)
     consumers: dict[str, dict[str, Any]] = {}
     if "perfdata" in plugins.types:
@@ -175,12 +202,13 @@ def record(
     except OSError as exc:
         _fail([f"{out}: cannot create the output directory: {exc.strerror}"], 1)
     summary = HottestFunctions()
-    code = _run_agent(Agent(config, logger, extra_consumers=[("summary", summary)]), float(duration))
+    agent = Agent(config, logger, extra_consumers=[("summary", summary)], plugins=plugins.manager)
+    code = _run_agent(agent, float(duration))
     _print_hottest(summary, top)
     for perf_file in sorted(glob.glob(str(out / "*.perf.data"))):
-        stdout.print(f"perf.data written: [bold]perf report -i {escape(perf_file)}[/bold]")
+        stdout.print(f"perf.data written: [bold]perf report -i {_shown(perf_file)}[/bold]")
     if "json" in consumers:
-        stdout.print(f"JSON lines written: {escape(consumers['json']['path'])}")
+        stdout.print(f"JSON lines written: {_shown(consumers['json']['path'])}")
     sys.exit(code)
 
 
@@ -196,17 +224,22 @@ def _print_hottest(summary: HottestFunctions, limit: int) -> None:
             f"{100 * cost.self_samples / summary.samples:.1f}%",
             f"{100 * cost.total_samples / summary.samples:.1f}%",
             str(cost.self_samples),
-            escape(cost.function),  # names like [kernel.kallsyms] are not rich markup
-            escape(cost.module),
+            _shown(cost.function),
+            _shown(cost.module),
         )
     stdout.print(table)
+
+
+def _shown(text: str) -> str:
+    """Process-chosen text for the terminal: control characters escaped, and [brackets] not rich markup."""
+    return escape(terminal_safe(text))
 
 
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def plugins(as_json: bool) -> None:
     """List installed plugins, their versions, consumer types and load errors."""
-    loaded = load_plugins()
+    loaded = _plugins()
     if as_json:
         rows = [
             {
@@ -214,6 +247,8 @@ def plugins(as_json: bool) -> None:
                 "distribution": info.distribution,
                 "version": info.version,
                 "consumer_types": list(info.consumer_types),
+                "source_types": list(info.source_types),
+                "commands": list(info.commands),
                 "status": "disabled" if info.disabled else "error" if info.error else "ok",
                 "error": info.error,
             }
@@ -222,11 +257,16 @@ def plugins(as_json: bool) -> None:
         click.echo(json.dumps(rows, indent=2))
         return
     table = Table(title="antiprof plugins")
-    for column in ("Plugin", "Distribution", "Version", "Consumer types", "Status"):
+    for column in ("Plugin", "Distribution", "Version", "Provides", "Status"):
         table.add_column(column)
     for info in loaded.plugins:
-        status = "disabled" if info.disabled else f"[red]error: {escape(info.error)}[/red]" if info.error else "ok"
-        table.add_row(info.name, info.distribution or "", info.version or "", ", ".join(info.consumer_types), status)
+        status = "disabled" if info.disabled else f"[red]error: {_shown(info.error)}[/red]" if info.error else "ok"
+        provides = [
+            *info.consumer_types,
+            *(f"source {name}" for name in info.source_types),
+            *(f"command {name}" for name in info.commands),
+        ]
+        table.add_row(_shown(info.name), info.distribution or "", info.version or "", ", ".join(provides), status)
     stdout.print(table)
 
 
@@ -239,7 +279,7 @@ def config() -> None:
 @click.argument("file", type=click.Path(dir_okay=True, path_type=Path))
 def config_check(file: Path) -> None:
     """Validate FILE against the installed plugins; one line per problem, exit 2 if any."""
-    loaded = load_plugins()
+    loaded = _plugins()
     try:
         checked = load_config(file, loaded.catalog)
     except ConfigError as error:
@@ -252,21 +292,25 @@ def config_check(file: Path) -> None:
 @click.argument("file", required=False, type=click.Path(dir_okay=True, path_type=Path))
 def config_show(file: Path | None) -> None:
     """Print the effective config (FILE, or the default one) with every default filled in, as TOML."""
-    loaded = load_plugins()
+    loaded = _plugins()
     effective = _load(str(file) if file else None, loaded)
     click.echo(tomli_w.dumps(_redacted(_without_none(config_to_dict(effective)))), nl=False)
 
 
 _SECRET_WORDS = ("header", "token", "password", "secret", "authorization")
+_URL_PASSWORD = re.compile(r"^((?:[A-Za-z][A-Za-z0-9+.-]*://)?[^/@:\s]*:)[^/@\s]*@")
 
 
 def _redacted(value: Any, secret: bool = False) -> Any:
-    """Header values and anything named like a secret are replaced: `config show` output gets pasted."""
+    """Header values, anything named like a secret and URL passwords (``user:PASSWORD@host``) are
+    replaced: `config show` output gets pasted."""
     if isinstance(value, dict):
         return {k: _redacted(v, secret or any(w in k.lower() for w in _SECRET_WORDS)) for k, v in value.items()}
     if isinstance(value, list):
         return [_redacted(v, secret) for v in value]
-    return "<redacted>" if secret and isinstance(value, str) and value else value
+    if isinstance(value, str) and secret and value:
+        return "<redacted>"
+    return _URL_PASSWORD.sub(r"\1<redacted>@", value) if isinstance(value, str) else value
 
 
 def _without_none(value: Any) -> Any:

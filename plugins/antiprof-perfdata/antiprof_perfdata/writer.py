@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from antiprof_core import distribution_version
 from antiprof_core.model import Host, ProfileWindow
 from antiprof_perfdata import features, layout
 from antiprof_perfdata.encoder import EncodedWindow, RecordEncoder
@@ -23,7 +24,7 @@ ATTR_ENTRY_SIZE = layout.ATTR_SIZE_VER0 + layout.FILE_SECTION.size
 DATA_OFFSET = ATTRS_OFFSET + ATTR_ENTRY_SIZE
 FILE_MODE = 0o600
 OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
-DEFAULT_VERSION = "antiprof-perfdata 0.1.0"
+DEFAULT_VERSION = f"antiprof-perfdata {distribution_version('antiprof-perfdata')}"  # perf.data's FEAT_VERSION
 
 
 class PerfDataFile:
