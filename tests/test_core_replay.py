@@ -104,8 +104,8 @@ def test_replayed_through_the_perfdata_sink_gives_what_perf_reads_from_the_origi
 def test_replayed_through_the_otlp_sink_sends_the_same_requests(
     recorded: tuple[list[ProfileWindow], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    for variable in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_HEADERS"):
-        monkeypatch.delenv(variable, raising=False)
+    for suffix in ("ENDPOINT", "PROFILES_ENDPOINT", "HEADERS", "INSECURE"):
+        monkeypatch.delenv(f"OTEL_EXPORTER_OTLP_{suffix}", raising=False)
     windows, path = recorded
     received: dict[str, list[bytes]] = {}
     for name, feed in (("original", windows), ("replayed", _replayed(path))):
