@@ -80,7 +80,7 @@ class LoadedPlugins:
             error = None
             try:
                 call(cli=cli)
-            except Exception as exc:
+            except (Exception, SystemExit) as exc:
                 error = f"antiprof_register_commands failed: {_describe_error(exc)}"
             replaced = sorted(name for name in before if cli.commands.get(name) is not before[name])
             if replaced and error is None:
@@ -217,7 +217,7 @@ def call_each(manager: pluggy.PluginManager, hook_name: str, **kwargs: Any) -> I
     for plugin_name, call in _single_callers(manager, hook_name):
         try:
             result = call(**kwargs)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:  # a plugin's sys.exit() must not end the agent
             yield plugin_name, None, f"{hook_name} failed: {_describe_error(exc)}"
             continue
         yield plugin_name, result, None
@@ -287,7 +287,7 @@ def _each_registration(
         register: Callable[[Any], None] = registered.append
         try:
             call(register=register)
-        except Exception as exc:
+        except (Exception, SystemExit) as exc:
             yield plugin_name, ([], f"{hook_name} failed: {_describe_error(exc)}")
             continue
         yield plugin_name, (registered, None)

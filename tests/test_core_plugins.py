@@ -291,6 +291,32 @@ def test_one_plugins_failure_is_credited_to_it_and_the_others_go_on() -> None:
     assert not loaded.manager.is_registered(_Raises)  # left out: none of its other hooks run
 
 
+class _ExtraArgument:
+    @hookimpl
+    def antiprof_register_consumers(self, register: Any, extra: Any) -> None:
+        raise AssertionError("pluggy refuses an argument the spec lacks, at registration")
+
+
+class _Exits:
+    @hookimpl
+    def antiprof_register_consumers(self, register: Any) -> None:
+        sys.exit(3)
+
+
+def test_an_argument_the_spec_lacks_and_a_sys_exit_are_the_plugins_errors() -> None:
+    loaded = load_test_plugins(extra=_ExtraArgument(), exits=_Exits(), good=_Good())
+    by_name = {info.name: info for info in loaded.plugins}
+    assert by_name["extra"].error is not None
+    assert by_name["extra"].error.startswith(
+        "PluginValidationError: Plugin 'extra' for hook 'antiprof_register_consumers' hookimpl definition: "
+    )
+    assert by_name["extra"].error.endswith(
+        "Argument(s) {'extra'} are declared in the hookimpl but can not be found in the hookspec"
+    )
+    assert by_name["exits"].error == "antiprof_register_consumers failed: SystemExit: 3"
+    assert sorted(loaded.types) == ["good"]
+
+
 def test_startup_gets_agent_info_and_a_failing_shutdown_is_logged_not_fatal(caplog: pytest.LogCaptureFixture) -> None:
     seen: list[object] = []
 
