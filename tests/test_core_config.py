@@ -298,3 +298,12 @@ def test_config_show_prints_sizes_that_are_not_whole_kibibytes(run_cli: Any, wri
     assert 'max_file_size = "1000B"' in shown.stdout and 'shutdown_timeout = "1500ms"' in shown.stdout
     again = write_config(shown.stdout, name="shown.toml")  # what show prints, check accepts
     assert run_cli("config", "check", str(again)).returncode == 0
+
+
+def test_record_refuses_a_pid_that_would_wrap_to_another_process(run_cli: Any, tmp_path: Path) -> None:
+    wrapped = 2**32 + os.getpid()
+    result = run_cli("record", "-p", str(wrapped), "--source", "synthetic", "-d", "1s", "-o", str(tmp_path))
+    assert (result.returncode, result.stderr) == (
+        2,
+        f"antiprof: sampler.pids[0]: must be a process ID between 1 and 4194304, got {wrapped}\n",
+    )
