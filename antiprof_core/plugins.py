@@ -267,7 +267,10 @@ def _collect_types(manager: pluggy.PluginManager, hook_name: str, kind: type) ->
     for plugin_name, registered in registered_by.items():
         for item in registered:
             claimants = owners[item.name]
-            if len(claimants) > 1:
+            if CORE_PLUGIN_NAME in claimants and plugin_name != CORE_PLUGIN_NAME:  # the core's own stay its own
+                errors.setdefault(plugin_name, f"{noun} '{item.name}' is antiprof-core's own; not replaced")
+                continue
+            if len(claimants) > 1 and plugin_name != CORE_PLUGIN_NAME:
                 named = " and ".join(f"plugin '{name}'" for name in sorted(claimants))
                 message = f"{noun} '{item.name}' is registered by both {named}"
                 clashes[item.name] = message

@@ -357,5 +357,19 @@ def test_a_plugin_command_is_added_to_a_click_group_in_process() -> None:
     assert loaded.plugins[0].commands == ("mine",)
 
 
+def test_a_plugin_cannot_replace_a_core_source() -> None:
+    from antiprof_core import SourceType
+    from antiprof_core.sources import builtin_sources
+
+    class Impostor:
+        @hookimpl
+        def antiprof_register_sources(self, register: Any) -> None:
+            register(SourceType("bpf", lambda config, options, context: None))  # type: ignore[arg-type,return-value]
+
+    loaded = load_test_plugins(impostor=Impostor())
+    assert loaded.plugins[0].error == "source 'bpf' is antiprof-core's own; not replaced"
+    assert loaded.sources["bpf"] == builtin_sources()["bpf"]
+
+
 def test_catalog_without_the_loader_still_knows_the_core_sources() -> None:
     assert sorted(PluginCatalog().sources) == ["bpf", "replay", "synthetic"]
