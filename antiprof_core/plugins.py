@@ -159,10 +159,15 @@ def collect(manager: pluggy.PluginManager, infos: list[PluginInfo]) -> LoadedPlu
     """Ask every registered plugin for its consumer and source types, each plugin on its own."""
     consumers = _collect_types(manager, "antiprof_register_consumers", ConsumerType)
     sources = _collect_types(manager, "antiprof_register_sources", SourceType)
-    for plugin_name in {**consumers.broken, **sources.broken}:  # left out: none of its hooks run
+    broken = {**consumers.broken, **sources.broken}
+    for plugin_name in broken:  # left out: none of its hooks run and none of its types are used
         plugin = manager.get_plugin(plugin_name)
         if plugin is not None and plugin_name != CORE_PLUGIN_NAME:
             manager.unregister(plugin)
+    for found in (consumers, sources):
+        for plugin_name in broken:
+            for type_name in found.owned.pop(plugin_name, []):
+                del found.types[type_name]
     infos = [
         attrs.evolve(
             info,

@@ -357,6 +357,23 @@ def test_a_plugin_command_is_added_to_a_click_group_in_process() -> None:
     assert loaded.plugins[0].commands == ("mine",)
 
 
+def test_a_plugin_broken_in_one_hook_is_left_out_of_the_others() -> None:
+    from antiprof_core import SourceType
+
+    class HalfBroken:
+        @hookimpl
+        def antiprof_register_sources(self, register: Any) -> None:
+            register(SourceType("mine", lambda config, options, context: None))  # type: ignore[arg-type,return-value]
+
+        @hookimpl
+        def antiprof_register_consumers(self, register: Any) -> None:
+            raise RuntimeError("half")
+
+    loaded = load_test_plugins(half=HalfBroken())
+    assert loaded.plugins[0].error == "antiprof_register_consumers failed: RuntimeError: half"
+    assert "mine" not in loaded.sources and loaded.plugins[0].source_types == ()
+
+
 def test_a_plugin_cannot_replace_a_core_source() -> None:
     from antiprof_core import SourceType
     from antiprof_core.sources import builtin_sources
