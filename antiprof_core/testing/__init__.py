@@ -87,7 +87,10 @@ def make_consumer(
     """
     types: dict[str, ConsumerType[Any]] = consumer_types(plugin_manager(plugin))
     consumer_type = types[type_name]
-    config = structure_section(options or {}, consumer_type.config_class, f"consumers.{name or type_name}")
+    section = f"consumers.{name or type_name}"
+    config = structure_section(options or {}, consumer_type.config_class, section)
+    if consumer_type.validate is not None:  # what `antiprof config check` runs
+        consumer_type.validate(config, section)
     return consumer_type.factory(config, synthetic_context(name or type_name))
 
 
