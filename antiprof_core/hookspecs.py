@@ -62,7 +62,8 @@ def antiprof_register_commands(cli: click.Group) -> None:
     :param cli: the top-level ``click.Group``; call ``cli.add_command(command)``. A command whose
         name is already taken is refused and the plugin is listed with the error.
 
-    Called once per process, before the command line is parsed (so ``antiprof --help`` lists them).
+    Called once per process, when plugins are loaded: before ``antiprof --help`` lists the commands
+    and before a name that is not a core command is looked up.
 
     Since 0.1.0.
     """
