@@ -77,7 +77,7 @@ def between(low: int, high: int) -> Any:
     return check
 
 
-def _check_address(attribute: attrs.Attribute[Any], value: str) -> None:
+def _check_address(instance: Any, attribute: attrs.Attribute[Any], value: str) -> None:
     """``host:port`` with a port a socket can listen on (``[::1]:9100`` for IPv6; empty: off)."""
     if not value:
         return
@@ -100,8 +100,7 @@ class AgentConfig:
     cluster_name: str = ""
     queue_size: int = field(default=8, validator=between(1, 10_000))  # windows per consumer
     shutdown_timeout: Duration = field(default=Duration(10.0), validator=positive)
-    metrics_address: str = field(default="", validator=lambda i, a, v: _check_address(a, v))
-    # host:port to serve Prometheus /metrics on; empty: off
+    metrics_address: str = field(default="", validator=_check_address)  # host:port for /metrics; empty: off
 
 
 @frozen
