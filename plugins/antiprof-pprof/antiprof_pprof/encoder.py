@@ -1,0 +1,200 @@
+"""ProfileWindows to one pprof ``Profile``: deduplicated mappings, locations and functions, labelled samples.
+
+The protobuf runtime does all wire encoding; this module only decides what goes in the message.
+Frames, stacks and mappings are shared objects in a window (the symbolizer caches them), so the
+tables are looked up by object identity first and by value only on a miss. The windows are held
+for the whole build, so no identity is reused meanwhile.
+"""
+
+from __future__ import annotations
+
+import gzip
+from collections.abc import Iterable, Sequence
+
+from antiprof_core.model import Frame, Mapping, ProfileWindow
+from antiprof_pprof import profile_pb2
+
+SAMPLE_TYPES = (("samples", "count"), ("cpu", "nanoseconds"))
+PERIOD_TYPE = ("cpu", "nanoseconds")
+GZIP_LEVEL = 1  # what Go's runtime/pprof uses: profiles are small, speed matters more than bytes
+
+_LabelKey = tuple[int, int, str]  # pid, tid, thread name
+
+
+class ProfileBuilder:
+    """Adds windows one by one, then builds a single Profile whose values are their sums."""
+
+    def __init__(self) -> None:
+        self._strings: dict[str, int] = {"": 0}
+        self._mapping_ids_by_object: dict[int, int] = {}
+        self._mapping_ids: dict[Mapping, int] = {}
+        self._mappings: list[Mapping] = []
+        self._mapping_unnamed: list[bool] = []  # per mapping: a location in it has no function
+        self._location_ids_by_frame: dict[int, int] = {}
+        self._location_ids: dict[tuple[int, int, str | None], int] = {}
+        self._locations: list[tuple[int, int, int]] = []  # mapping id, address, function id (0: none)
+        self._function_ids: dict[str, int] = {}
+        self._stack_ids: dict[int, tuple[int, ...]] = {}
+        self._profile = profile_pb2.Profile()
+        self._labels: dict[_LabelKey, bytes] = {}
+        self._process_samples: dict[int, int] = {}
+        self._executables: dict[int, str] = {}
+        self._windows: list[ProfileWindow] = []
+
+    def add(self, window: ProfileWindow) -> None:
+        """Appends the window's samples; equal stacks are left for the reader to add up, as pprof tools do."""
+        self._windows.append(window)
+        period = window.period_ns
+        stack_ids = self._stack_ids
+        labels = self._labels
+        add_sample = self._profile.sample.add
+        by_frame = self._location_ids_by_frame.__getitem__
+        process_samples = self._process_samples
+        for sample in window.samples:
+            stack = sample.stack
+            if not stack:
+                continue
+            try:
+                ids = tuple(map(by_frame, map(id, stack)))
+            except KeyError:
+                ids = stack_ids.get(id(stack)) or self._location_ids_of(stack)
+            label_key = (sample.pid, sample.tid, sample.thread_name)
+            thread_labels = labels.get(label_key)
+            if thread_labels is None:
+                thread_labels = labels[label_key] = self._make_labels(window, *label_key)
+            count = sample.count
+            # The labels were serialized by protobuf once per thread; merging them is the runtime's own parse.
+            add_sample(location_id=ids, value=(count, count * period)).MergeFromString(thread_labels)
+            process_samples[sample.pid] = process_samples.get(sample.pid, 0) + count
+        for pid, process in window.processes.items():
+            if process.executable:
+                self._executables[pid] = process.executable
+
+    def _make_labels(self, window: ProfileWindow, pid: int, tid: int, thread: str) -> bytes:
+        """A Sample holding only this thread's labels, serialized."""
+        string = self._string
+        labels = [
+            profile_pb2.Label(key=string("pid"), num=pid),
+            profile_pb2.Label(key=string("tid"), num=tid),
+            profile_pb2.Label(key=string("thread"), str=string(thread)),
+        ]
+        process = window.processes.get(pid)
+        if process is not None:
+            labels.append(profile_pb2.Label(key=string("process"), str=string(process.name)))
+            if process.container_id:
+                labels.append(profile_pb2.Label(key=string("container_id"), str=string(process.container_id)))
+        return profile_pb2.Sample(label=labels).SerializeToString()
+
+    def _location_ids_of(self, stack: Sequence[Frame]) -> tuple[int, ...]:
+        by_frame = self._location_ids_by_frame
+        ids = tuple(by_frame.get(id(frame)) or self._new_location(frame) for frame in stack)
+        self._stack_ids[id(stack)] = ids
+        return ids
+
+    def _new_location(self, frame: Frame) -> int:
+        mapping_id = self._mapping_id(frame.mapping) if frame.mapping is not None else 0
+        key = (mapping_id, frame.address, frame.symbol)
+        location_id = self._location_ids.get(key)
+        if location_id is None:
+            function_id = self._function_id(frame.symbol) if frame.symbol else 0
+            self._locations.append((mapping_id, frame.address, function_id))
+            location_id = self._location_ids[key] = len(self._locations)
+            if mapping_id and not function_id:
+                self._mapping_unnamed[mapping_id - 1] = True
+        self._location_ids_by_frame[id(frame)] = location_id
+        return location_id
+
+    def _mapping_id(self, mapping: Mapping) -> int:
+        found = self._mapping_ids_by_object.get(id(mapping))
+        if found is None:
+            found = self._mapping_ids.get(mapping)
+            if found is None:
+                self._mappings.append(mapping)
+                self._mapping_unnamed.append(False)
+                found = self._mapping_ids[mapping] = len(self._mappings)
+            self._mapping_ids_by_object[id(mapping)] = found
+        return found
+
+    def _function_id(self, name: str) -> int:
+        found = self._function_ids.get(name)
+        if found is None:
+            found = self._function_ids[name] = len(self._function_ids) + 1
+            self._string(name)
+        return found
+
+    def _string(self, text: str) -> int:
+        index = self._strings.get(text)
+        if index is None:
+            index = self._strings[text] = len(self._strings)
+        return index
+
+    def build(self) -> profile_pb2.Profile:
+        """The finished Profile; the builder is spent afterwards."""
+        string = self._string
+        pb = profile_pb2
+        profile = self._profile
+        profile.sample_type.extend(pb.ValueType(type=string(kind), unit=string(unit)) for kind, unit in SAMPLE_TYPES)
+        profile.period_type.CopyFrom(pb.ValueType(type=string(PERIOD_TYPE[0]), unit=string(PERIOD_TYPE[1])))
+        profile.location.extend(
+            pb.Location(id=index, mapping_id=mapping_id, address=address, line=[pb.Line(function_id=function_id)])
+            if function_id
+            else pb.Location(id=index, mapping_id=mapping_id, address=address)
+            for index, (mapping_id, address, function_id) in enumerate(self._locations, start=1)
+        )
+        profile.function.extend(
+            pb.Function(id=function_id, name=self._strings[name], system_name=self._strings[name])
+            for name, function_id in self._function_ids.items()
+        )
+        profile.mapping.extend(self._mapping_messages())
+        if self._windows:
+            start = min(window.start_ns for window in self._windows)
+            end = max(window.end_ns for window in self._windows)
+            profile.time_nanos = start
+            profile.duration_nanos = max(end - start, 0)
+            profile.period = self._windows[-1].period_ns
+            profile.comment.extend(string(line) for line in self._comments())
+        profile.string_table.extend(self._strings)  # last: the steps above add strings
+        return profile
+
+    def _mapping_messages(self) -> list[profile_pb2.Mapping]:
+        """Mappings with the busiest process's executable first: tools take mapping[0] as the main binary."""
+        string = self._string
+        messages = [
+            profile_pb2.Mapping(
+                id=index,
+                memory_start=mapping.start,
+                memory_limit=mapping.end,
+                file_offset=mapping.file_offset,
+                filename=string(mapping.path),
+                build_id=string(mapping.build_id or ""),
+                has_functions=not unnamed,
+            )
+            for index, (mapping, unnamed) in enumerate(zip(self._mappings, self._mapping_unnamed, strict=True), 1)
+        ]
+        if self._process_samples:
+            busiest = max(self._process_samples, key=self._process_samples.__getitem__)
+            main = self._executables.get(busiest)
+            if main is not None:
+                messages.sort(key=lambda message: self._mappings[message.id - 1].path != main)
+        return messages
+
+    def _comments(self) -> list[str]:
+        first = self._windows[0]
+        seen = sum(window.counters.samples_seen for window in self._windows)
+        lost = sum(window.counters.samples_lost for window in self._windows)
+        return [
+            f"antiprof: host {first.host.hostname}, event {first.event} at {first.frequency_hz} Hz",
+            f"antiprof: {len(self._windows)} window(s), {seen} samples seen, {lost} lost",
+        ]
+
+
+def build_profile(windows: Iterable[ProfileWindow]) -> profile_pb2.Profile:
+    builder = ProfileBuilder()
+    for window in windows:
+        builder.add(window)
+    return builder.build()
+
+
+def encode_profile(windows: Iterable[ProfileWindow]) -> bytes:
+    """The gzip'd serialized Profile, as pprof tools read it from a file or an HTTP response."""
+    return gzip.compress(build_profile(windows).SerializeToString(), compresslevel=GZIP_LEVEL, mtime=0)
