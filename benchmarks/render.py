@@ -1,22 +1,26 @@
-"""Renderers side by side: stack records per second on the same synthetic windows, in the same run.
+"""Renderers side by side: stack records per second on the same synthetic window, in the same run.
 
     .venv/bin/python benchmarks/render.py [--stacks 50000] [--depth 32] [--rounds 5]
 
-One function per renderer; each prints its rows and returns its best rate, so the ratios
-compare figures measured minutes apart at most, on the same busy or idle machine:
-1. the reference: the perf.data writer (encode only, and encode + write to the page cache);
+One function per renderer returns its timed steps; the rounds run every step of every renderer in
+turn, so a busy machine slows them all alike and the ratios hold:
+1. the reference: the perf.data writer (encode only, and encode + write to the page cache,
+   steady state: the file already holds a window);
 2. pprof: build + serialize + gzip, and the sink's whole path (+ publish a file in /dev/shm);
-   target: pprof >= 0.5x the perf.data writer's records/s.
+   target: pprof >= 0.5x the perf.data writer's records/s (encode + write).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import statistics
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+from attrs import frozen
 
 from antiprof_core.model import ProfileWindow
 from antiprof_core.sources.synthetic import synthetic_window
@@ -24,56 +28,60 @@ from antiprof_core.sources.synthetic import synthetic_window
 PPROF_TARGET_RATIO = 0.5
 
 
-def best_rate(rounds: int, count: int, action: Callable[[], object]) -> tuple[float, float]:
-    """(best, median) of count / seconds over ``rounds`` runs of ``action``."""
-    rates = []
-    for _ in range(rounds):
-        started = time.perf_counter()
-        action()
-        rates.append(count / (time.perf_counter() - started))
-    return max(rates), statistics.median(rates)
+@frozen
+class Step:
+    label: str
+    action: Callable[[], object]
 
 
-def memory_directory(fallback: Path) -> Path:
-    return Path("/dev/shm") if Path("/dev/shm").is_dir() else fallback
+def memory_directory(stack: contextlib.ExitStack, fallback: Path) -> Path:
+    place = Path("/dev/shm") if Path("/dev/shm").is_dir() else fallback
+    return Path(stack.enter_context(tempfile.TemporaryDirectory(dir=place, prefix="antiprof-render-")))
 
 
-def row(label: str, rates: tuple[float, float]) -> None:
-    print(f"| {label} | {rates[0]:,.0f} | {rates[1]:,.0f} |")
-
-
-def perfdata_rates(window: ProfileWindow, rounds: int, directory: Path) -> float:
-    """The reference: perf.data records/s in steady state (the file already holds a window)."""
+def perfdata_steps(window: ProfileWindow, stack: contextlib.ExitStack, directory: Path) -> list[Step]:
+    """The reference: perf.data records in steady state (the file already holds a window)."""
     from antiprof_perfdata.encoder import RecordEncoder
     from antiprof_perfdata.writer import PerfDataFile
 
-    records = len(window.samples)
     encoder = RecordEncoder()
     encoder.commit(encoder.encode(window))
-    row("perf.data: encode", best_rate(rounds, records, lambda: encoder.encode(window)))
-    with tempfile.TemporaryDirectory(dir=memory_directory(directory)) as temp:
-        out = PerfDataFile(Path(temp) / "render.perf.data", window.host, window.frequency_hz)
-        out.write(window)
-        written = best_rate(rounds, records, lambda: out.write(window))
-        out.close()
-    row("perf.data: encode + write (/dev/shm)", written)
-    return written[0]
+    out = PerfDataFile(memory_directory(stack, directory) / "render.perf.data", window.host, window.frequency_hz)
+    stack.callback(out.close)
+    out.write(window)
+    return [
+        Step("perf.data: encode", lambda: encoder.encode(window)),
+        Step("perf.data: encode + write (/dev/shm)", lambda: out.write(window)),
+    ]
 
 
-def pprof_rates(window: ProfileWindow, rounds: int, directory: Path) -> float:
+def pprof_steps(window: ProfileWindow, stack: contextlib.ExitStack, directory: Path) -> list[Step]:
     """pprof: one gzip'd profile per window, as the sink writes it."""
     from antiprof_pprof.encoder import encode_profile
     from antiprof_pprof.files import ProfileFiles
 
-    records = len(window.samples)
-    row("pprof: build + serialize + gzip", best_rate(rounds, records, lambda: encode_profile([window])))
-    with tempfile.TemporaryDirectory(dir=memory_directory(directory)) as temp:
-        files = ProfileFiles(Path(temp) / "pprof", window.host.hostname, max_files=2, max_total_size=1 << 40)
-        written = best_rate(rounds, records, lambda: files.write(window.start_ns, encode_profile([window])))
-        size = sum(path.stat().st_size for path in (Path(temp) / "pprof").iterdir()) // 2
-    row("pprof: encode + publish a file (/dev/shm)", written)
+    output = memory_directory(stack, directory) / "pprof"
+    files = ProfileFiles(output, window.host.hostname, max_files=2, max_total_size=1 << 40)
+    size = len(encode_profile([window]))
     print(f"pprof file for this window: {size:,} bytes ({size / window.sample_count:.1f} per sample)")
-    return written[0]
+    def publish() -> None:
+        files.write(window.start_ns, encode_profile([window]))
+
+    return [
+        Step("pprof: build + serialize + gzip", lambda: encode_profile([window])),
+        Step("pprof: encode + publish a file (/dev/shm)", publish),
+    ]
+
+
+def measure(steps: list[Step], rounds: int, records: int) -> dict[str, tuple[float, float]]:
+    """(best, median) records/s per step, the steps interleaved round by round."""
+    rates: dict[str, list[float]] = {step.label: [] for step in steps}
+    for _ in range(rounds):
+        for step in steps:
+            started = time.perf_counter()
+            step.action()
+            rates[step.label].append(records / (time.perf_counter() - started))
+    return {label: (max(found), statistics.median(found)) for label, found in rates.items()}
 
 
 def main() -> None:
@@ -83,16 +91,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     window = synthetic_window(processes=50, stacks=args.stacks, depth=args.depth, seed=7)
-    print(f"## Render rates: {len(window.samples):,} unique stacks, depth {args.depth}, {window.sample_count:,} samples")
+    stacks, samples = len(window.samples), window.sample_count
+    print(f"## Render rates: {stacks:,} unique stacks, depth {args.depth}, {samples:,} samples")
+    with contextlib.ExitStack() as stack:
+        directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="antiprof-bench-")))
+        steps = perfdata_steps(window, stack, directory) + pprof_steps(window, stack, directory)
+        rates = measure(steps, args.rounds, len(window.samples))
     print("| renderer | best records/s | median records/s |")
     print("|---|---|---|")
-    with tempfile.TemporaryDirectory(prefix="antiprof-bench-") as temp:
-        directory = Path(temp)
-        reference = perfdata_rates(window, args.rounds, directory)
-        pprof = pprof_rates(window, args.rounds, directory)
-    ratio = pprof / reference
-    verdict = "met" if ratio >= PPROF_TARGET_RATIO else "NOT met"
-    print(f"ratio pprof / perf.data (encode + write, best): {ratio:.2f}x; target >= {PPROF_TARGET_RATIO}x: {verdict}")
+    for label, (best, median) in rates.items():
+        print(f"| {label} | {best:,.0f} | {median:,.0f} |")
+    reference = rates["perf.data: encode + write (/dev/shm)"]
+    pprof = rates["pprof: encode + publish a file (/dev/shm)"]
+    best_ratio, median_ratio = pprof[0] / reference[0], pprof[1] / reference[1]
+    verdict = "met" if best_ratio >= PPROF_TARGET_RATIO else "NOT met"
+    print(
+        f"ratio pprof / perf.data (encode + write): best {best_ratio:.2f}x, median {median_ratio:.2f}x; "
+        f"target >= {PPROF_TARGET_RATIO}x: {verdict}"
+    )
 
 
 if __name__ == "__main__":

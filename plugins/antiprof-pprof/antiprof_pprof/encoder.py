@@ -8,6 +8,7 @@ for the whole build, so no identity is reused meanwhile.
 
 from __future__ import annotations
 
+import collections
 import gzip
 from collections.abc import Iterable, Sequence
 
@@ -34,10 +35,8 @@ class ProfileBuilder:
         self._location_ids: dict[tuple[int, int, str | None], int] = {}
         self._locations: list[tuple[int, int, int]] = []  # mapping id, address, function id (0: none)
         self._function_ids: dict[str, int] = {}
-        self._stack_ids: dict[int, tuple[int, ...]] = {}
         self._profile = profile_pb2.Profile()
         self._labels: dict[_LabelKey, bytes] = {}
-        self._process_samples: dict[int, int] = {}
         self._executables: dict[int, str] = {}
         self._windows: list[ProfileWindow] = []
 
@@ -45,19 +44,17 @@ class ProfileBuilder:
         """Appends the window's samples; equal stacks are left for the reader to add up, as pprof tools do."""
         self._windows.append(window)
         period = window.period_ns
-        stack_ids = self._stack_ids
         labels = self._labels
         add_sample = self._profile.sample.add
         by_frame = self._location_ids_by_frame.__getitem__
-        process_samples = self._process_samples
         for sample in window.samples:
             stack = sample.stack
             if not stack:
                 continue
             try:
                 ids = tuple(map(by_frame, map(id, stack)))
-            except KeyError:
-                ids = stack_ids.get(id(stack)) or self._location_ids_of(stack)
+            except KeyError:  # a frame not seen before in this profile
+                ids = self._location_ids_of(stack)
             label_key = (sample.pid, sample.tid, sample.thread_name)
             thread_labels = labels.get(label_key)
             if thread_labels is None:
@@ -65,7 +62,6 @@ class ProfileBuilder:
             count = sample.count
             # The labels were serialized by protobuf once per thread; merging them is the runtime's own parse.
             add_sample(location_id=ids, value=(count, count * period)).MergeFromString(thread_labels)
-            process_samples[sample.pid] = process_samples.get(sample.pid, 0) + count
         for pid, process in window.processes.items():
             if process.executable:
                 self._executables[pid] = process.executable
@@ -87,9 +83,7 @@ class ProfileBuilder:
 
     def _location_ids_of(self, stack: Sequence[Frame]) -> tuple[int, ...]:
         by_frame = self._location_ids_by_frame
-        ids = tuple(by_frame.get(id(frame)) or self._new_location(frame) for frame in stack)
-        self._stack_ids[id(stack)] = ids
-        return ids
+        return tuple(by_frame.get(id(frame)) or self._new_location(frame) for frame in stack)
 
     def _new_location(self, frame: Frame) -> int:
         mapping_id = self._mapping_id(frame.mapping) if frame.mapping is not None else 0
@@ -157,7 +151,7 @@ class ProfileBuilder:
         return profile
 
     def _mapping_messages(self) -> list[profile_pb2.Mapping]:
-        """Mappings with the busiest process's executable first: tools take mapping[0] as the main binary."""
+        """The executable of the process with the most stacks first: tools take mapping[0] for the main binary."""
         string = self._string
         messages = [
             profile_pb2.Mapping(
@@ -171,8 +165,9 @@ class ProfileBuilder:
             )
             for index, (mapping, unnamed) in enumerate(zip(self._mappings, self._mapping_unnamed, strict=True), 1)
         ]
-        if self._process_samples:
-            busiest = max(self._process_samples, key=self._process_samples.__getitem__)
+        stacks_by_pid = collections.Counter(sample.pid for window in self._windows for sample in window.samples)
+        if stacks_by_pid:
+            [(busiest, _)] = stacks_by_pid.most_common(1)
             main = self._executables.get(busiest)
             if main is not None:
                 messages.sort(key=lambda message: self._mappings[message.id - 1].path != main)

@@ -12,6 +12,7 @@ import contextlib
 import errno
 import os
 import re
+import secrets
 import stat
 import time
 from collections.abc import Iterator
@@ -95,9 +96,7 @@ class ProfileFiles:
         return self.directory / name
 
     def _publish(self, directory: int, start_ns: int, data: bytes) -> str:
-        aside = f".antiprof-pprof-{os.getpid()}.tmp"
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(aside, dir_fd=directory)  # left by a crash of this same pid number
+        aside = f".antiprof-pprof-{os.getpid()}-{secrets.token_hex(6)}.tmp"  # two sinks may share a directory
         flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
         try:
             fd = os.open(aside, flags, FILE_MODE, dir_fd=directory)
