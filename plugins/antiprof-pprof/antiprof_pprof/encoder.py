@@ -1,9 +1,10 @@
 """ProfileWindows to one pprof ``Profile``: deduplicated mappings, locations and functions, labelled samples.
 
 The protobuf runtime does all wire encoding; this module only decides what goes in the message.
-Frames, stacks and mappings are shared objects in a window (the symbolizer caches them), so the
-tables are looked up by object identity first and by value only on a miss. The windows are held
-for the whole build, so no identity is reused meanwhile.
+Frames and mappings are shared objects in a window (the symbolizer caches them), so the tables
+are looked up by object identity first and by value only on a miss. Identities are forgotten after
+each window, so a builder that outlives its windows (the live endpoint's) never confuses a new
+object with a dead one, and keeps no window alive.
 """
 
 from __future__ import annotations
@@ -23,9 +24,14 @@ _LabelKey = tuple[int, int, str]  # pid, tid, thread name
 
 
 class ProfileBuilder:
-    """Adds windows one by one, then builds a single Profile whose values are their sums."""
+    """Adds windows one by one, then builds a single Profile whose values are their sums.
 
-    def __init__(self) -> None:
+    ``merge_samples`` adds equal (stack, thread) samples into one, so a profile of many windows
+    grows with distinct stacks, not with time; a single window has no such repeats worth the lookup.
+    """
+
+    def __init__(self, merge_samples: bool = False) -> None:
+        self.merge_samples = merge_samples
         self._strings: dict[str, int] = {"": 0}
         self._mapping_ids_by_object: dict[int, int] = {}
         self._mapping_ids: dict[Mapping, int] = {}
@@ -37,13 +43,22 @@ class ProfileBuilder:
         self._function_ids: dict[str, int] = {}
         self._profile = profile_pb2.Profile()
         self._labels: dict[_LabelKey, bytes] = {}
+        self._merged: dict[tuple[tuple[int, ...], _LabelKey], profile_pb2.Sample] = {}
         self._executables: dict[int, str] = {}
-        self._windows: list[ProfileWindow] = []
+        self._stacks_by_pid: collections.Counter[int] = collections.Counter()
+        self.windows = 0
+        self._start_ns = 0
+        self._end_ns = 0
+        self._period_ns = 0
+        self._description = ""
+        self._seen = 0
+        self._lost = 0
 
     def add(self, window: ProfileWindow) -> None:
-        """Appends the window's samples; equal stacks are left for the reader to add up, as pprof tools do."""
-        self._windows.append(window)
+        """Appends the window's samples (pprof readers add up equal stacks themselves)."""
+        self._note(window)
         period = window.period_ns
+        merged = self._merged if self.merge_samples else None
         labels = self._labels
         add_sample = self._profile.sample.add
         by_frame = self._location_ids_by_frame.__getitem__
@@ -60,8 +75,32 @@ class ProfileBuilder:
             if thread_labels is None:
                 thread_labels = labels[label_key] = self._make_labels(window, *label_key)
             count = sample.count
+            if merged is not None:
+                same = merged.get((ids, label_key))
+                if same is not None:
+                    same.value[0] += count
+                    same.value[1] += count * period
+                    continue
             # The labels were serialized by protobuf once per thread; merging them is the runtime's own parse.
-            add_sample(location_id=ids, value=(count, count * period)).MergeFromString(thread_labels)
+            added = add_sample(location_id=ids, value=(count, count * period))
+            added.MergeFromString(thread_labels)
+            if merged is not None:
+                merged[(ids, label_key)] = added
+        self._location_ids_by_frame.clear()
+        self._mapping_ids_by_object.clear()
+
+    def _note(self, window: ProfileWindow) -> None:
+        """What the profile keeps of a window besides its samples."""
+        if not self.windows:
+            self._start_ns, self._end_ns = window.start_ns, window.end_ns
+            self._description = f"host {window.host.hostname}, event {window.event} at {window.frequency_hz} Hz"
+        self.windows += 1
+        self._start_ns = min(self._start_ns, window.start_ns)
+        self._end_ns = max(self._end_ns, window.end_ns)
+        self._period_ns = window.period_ns
+        self._seen += window.counters.samples_seen
+        self._lost += window.counters.samples_lost
+        self._stacks_by_pid.update(sample.pid for sample in window.samples)
         for pid, process in window.processes.items():
             if process.executable:
                 self._executables[pid] = process.executable
@@ -140,13 +179,17 @@ class ProfileBuilder:
             for name, function_id in self._function_ids.items()
         )
         profile.mapping.extend(self._mapping_messages())
-        if self._windows:
-            start = min(window.start_ns for window in self._windows)
-            end = max(window.end_ns for window in self._windows)
-            profile.time_nanos = start
-            profile.duration_nanos = max(end - start, 0)
-            profile.period = self._windows[-1].period_ns
-            profile.comment.extend(string(line) for line in self._comments())
+        if self.windows:
+            profile.time_nanos = self._start_ns
+            profile.duration_nanos = max(self._end_ns - self._start_ns, 0)
+            profile.period = self._period_ns
+            profile.comment.extend(
+                string(line)
+                for line in (
+                    f"antiprof: {self._description}",
+                    f"antiprof: {self.windows} window(s), {self._seen} samples seen, {self._lost} lost",
+                )
+            )
         profile.string_table.extend(self._strings)  # last: the steps above add strings
         return profile
 
@@ -165,31 +208,25 @@ class ProfileBuilder:
             )
             for index, (mapping, unnamed) in enumerate(zip(self._mappings, self._mapping_unnamed, strict=True), 1)
         ]
-        stacks_by_pid = collections.Counter(sample.pid for window in self._windows for sample in window.samples)
-        if stacks_by_pid:
-            [(busiest, _)] = stacks_by_pid.most_common(1)
+        if self._stacks_by_pid:
+            [(busiest, _)] = self._stacks_by_pid.most_common(1)
             main = self._executables.get(busiest)
             if main is not None:
                 messages.sort(key=lambda message: self._mappings[message.id - 1].path != main)
         return messages
 
-    def _comments(self) -> list[str]:
-        first = self._windows[0]
-        seen = sum(window.counters.samples_seen for window in self._windows)
-        lost = sum(window.counters.samples_lost for window in self._windows)
-        return [
-            f"antiprof: host {first.host.hostname}, event {first.event} at {first.frequency_hz} Hz",
-            f"antiprof: {len(self._windows)} window(s), {seen} samples seen, {lost} lost",
-        ]
 
-
-def build_profile(windows: Iterable[ProfileWindow]) -> profile_pb2.Profile:
-    builder = ProfileBuilder()
+def build_profile(windows: Iterable[ProfileWindow], merge_samples: bool = False) -> profile_pb2.Profile:
+    builder = ProfileBuilder(merge_samples)
     for window in windows:
         builder.add(window)
     return builder.build()
 
 
-def encode_profile(windows: Iterable[ProfileWindow]) -> bytes:
+def gzip_profile(profile: profile_pb2.Profile) -> bytes:
     """The gzip'd serialized Profile, as pprof tools read it from a file or an HTTP response."""
-    return gzip.compress(build_profile(windows).SerializeToString(), compresslevel=GZIP_LEVEL, mtime=0)
+    return gzip.compress(profile.SerializeToString(), compresslevel=GZIP_LEVEL, mtime=0)
+
+
+def encode_profile(windows: Iterable[ProfileWindow]) -> bytes:
+    return gzip_profile(build_profile(windows))

@@ -1,7 +1,7 @@
 """``GET /debug/pprof/profile?seconds=N`` as Go's net/http/pprof answers it, from the agent's windows.
 
-A request waits N seconds, keeps every window that arrives meanwhile (and the one in progress
-when the N seconds end, so the profile covers them), merges them into one gzip'd profile and
+A request waits N seconds, folds every window that arrives meanwhile (and the one in progress
+when the N seconds end, so the profile covers them) into one profile as it comes, and
 answers with Go's Content-Type and Content-Disposition, so ``go tool pprof URL`` works as
 against a Go program. The sampler runs anyway: a request costs an encode, not a profiler start.
 """
@@ -19,7 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 
 from antiprof_core.model import ProfileWindow
 from antiprof_pprof.config import split_address
-from antiprof_pprof.encoder import encode_profile
+from antiprof_pprof.encoder import ProfileBuilder, gzip_profile
 
 PROFILE_PATH = "/debug/pprof/profile"
 DEFAULT_SECONDS = 30  # Go's default when the parameter is absent
@@ -33,7 +33,7 @@ class _Collection:
     def __init__(self, start_ns: int, end_ns: int) -> None:
         self.start_ns = start_ns
         self.end_ns = end_ns
-        self.windows: list[ProfileWindow] = []
+        self.builder = ProfileBuilder(merge_samples=True)  # holds no window: a long request costs stacks, not time
         self.complete = False  # a window reaching end_ns has arrived
 
 
@@ -51,12 +51,12 @@ class LiveWindows:
             self._window_ns = max(window.end_ns - window.start_ns, 1)
             for collection in self._collections:
                 if window.end_ns > collection.start_ns:
-                    collection.windows.append(window)
+                    collection.builder.add(window)
                     collection.complete = collection.complete or window.end_ns >= collection.end_ns
             self._changed.notify_all()
 
-    def collect(self, seconds: int) -> list[ProfileWindow]:
-        """The windows covering the next ``seconds``; fewer if the agent stops meanwhile."""
+    def collect(self, seconds: int) -> ProfileBuilder:
+        """The windows covering the next ``seconds``, folded; fewer if the agent stops meanwhile."""
         now_ns = time.time_ns()
         collection = _Collection(now_ns, now_ns + seconds * 1_000_000_000)
         started = time.monotonic()
@@ -73,7 +73,7 @@ class LiveWindows:
                     self._changed.wait(seconds - waited if waited < seconds else limit - waited)
             finally:
                 self._collections.remove(collection)
-        return collection.windows
+        return collection.builder
 
     def close(self) -> None:
         with self._changed:
@@ -99,8 +99,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._text(HTTPStatus.SERVICE_UNAVAILABLE, f"{MAX_CONCURRENT} profiles are already being collected\n")
             return
         try:
-            windows = self.server.live.collect(seconds)
-            body = encode_profile(windows)
+            builder = self.server.live.collect(seconds)
+            body = gzip_profile(builder.build())
         finally:
             self.server.slots.release()
         self.send_response(HTTPStatus.OK)
@@ -110,9 +110,8 @@ class _Handler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-        self.server.logger.info(
-            "pprof: served %d s (%d windows, %d bytes) to %s", seconds, len(windows), len(body), self.client_address[0]
-        )
+        served = (seconds, builder.windows, len(body), self.client_address[0])
+        self.server.logger.info("pprof: served %d s (%d windows, %d bytes) to %s", *served)
 
     def _text(self, status: HTTPStatus, message: str) -> None:
         body = message.encode()

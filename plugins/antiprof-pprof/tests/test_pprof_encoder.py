@@ -147,3 +147,37 @@ def test_an_empty_window_is_a_valid_empty_profile(tmp_path, go_pprof):
 
     assert raw.returncode == 0, raw.stderr
     assert build_profile([empty]).sample == []
+
+
+def renamed(prefix: str) -> ProfileWindow:
+    """window()'s shape with fresh frame objects named after ``prefix``."""
+    frames = {f: attrs.evolve(f, symbol=f"{prefix}_{f.symbol}") for f in (PARSE, HANDLE, MAIN, SYSCALL)}
+    base = window()
+    samples = tuple(attrs.evolve(s, stack=tuple(frames.get(f, f) for f in s.stack)) for s in base.samples)
+    return attrs.evolve(base, samples=samples)
+
+
+def test_a_merging_builder_adds_up_equal_stacks_and_keeps_no_window():
+    import gc
+    import weakref
+
+    from antiprof_pprof import ProfileBuilder
+
+    builder = ProfileBuilder(merge_samples=True)
+    first = renamed("old")
+    builder.add(first)
+    gone = weakref.ref(first)
+    del first
+    gc.collect()
+    for _ in range(2):  # new frame objects, possibly at the dead ones' addresses
+        builder.add(renamed("new"))
+    profile = builder.build()
+
+    assert gone() is None
+    names = {f.id: profile.string_table[f.name] for f in profile.function}
+    by_location = {loc.id: names.get(loc.line[0].function_id) if loc.line else None for loc in profile.location}
+    stacks = {tuple(by_location[i] for i in s.location_id): list(s.value) for s in profile.sample}
+    assert stacks[("new_parse_header", "new_handle_request", "new_main")] == [12, 120_000_000]
+    assert stacks[("old_parse_header", "old_handle_request", "old_main")] == [6, 60_000_000]
+    assert len(profile.sample) == 8  # 4 distinct (stack, thread) per name prefix
+    assert builder.windows == 3
