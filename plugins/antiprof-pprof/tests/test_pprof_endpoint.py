@@ -144,3 +144,42 @@ def test_stopping_the_agent_answers_a_waiting_request_at_once(live):
     assert time.monotonic() - started < 5 and not request.is_alive()
     profile = profile_pb2.Profile.FromString(gzip.decompress(answer[0]))
     assert profile.sample  # what arrived before the stop
+
+
+def test_a_fifth_concurrent_request_is_503(live):
+    consumer, _ = live
+    answers: list[tuple[int, bytes]] = []
+
+    def ask() -> None:
+        try:
+            with urllib.request.urlopen(url(consumer, "?seconds=5"), timeout=60) as response:
+                answers.append((response.status, b""))
+        except urllib.error.HTTPError as refused:
+            answers.append((refused.code, refused.read()))
+
+    asking = [threading.Thread(target=ask) for _ in range(5)]
+    for thread in asking:
+        thread.start()
+    for thread in asking:
+        thread.join()
+
+    assert sorted(answers) == [(200, b"")] * 4 + [(503, b"4 profiles are already being collected\n")]
+
+
+@pytest.mark.parametrize("host", ["[::1]", "localhost"])
+def test_ipv6_loopback_and_localhost_serve_too(host):
+    consumer = make_consumer(antiprof_pprof, "pprof", {"output_dir": "", "http_address": f"{host}:0"})
+    assert isinstance(consumer, PprofSink) and consumer.endpoint is not None
+    consumer.start()
+    feeder = Feeder(consumer)
+    feeder.thread.start()
+    try:
+        with urllib.request.urlopen(consumer.endpoint.url + "?seconds=1", timeout=30) as response:
+            body = response.read()
+    finally:
+        feeder.stop.set()
+        feeder.thread.join()
+        consumer.close()
+
+    assert consumer.endpoint.url.startswith("http://[::1]:" if host == "[::1]" else "http://127.0.0.1:")
+    assert profile_pb2.Profile.FromString(gzip.decompress(body)).sample
