@@ -3,7 +3,8 @@
     .venv/bin/python benchmarks/render.py [--stacks 50000] [--depth 32] [--rounds 5]
 
 One function per renderer returns its timed steps; the rounds run every step of every renderer in
-turn, so a busy machine slows them all alike and the ratios hold:
+turn, and each step is timed in CPU seconds of this process (user + system, so writes count), so
+other work on a shared machine skews neither the rates nor the ratios much:
 1. the reference: the perf.data writer (encode only, and encode + write to the page cache,
    steady state: the file already holds a window);
 2. pprof: build + serialize + gzip, and the sink's whole path (+ publish a file in /dev/shm);
@@ -74,13 +75,13 @@ def pprof_steps(window: ProfileWindow, stack: contextlib.ExitStack, directory: P
 
 
 def measure(steps: list[Step], rounds: int, records: int) -> dict[str, tuple[float, float]]:
-    """(best, median) records/s per step, the steps interleaved round by round."""
+    """(best, median) records per CPU second for each step, the steps interleaved round by round."""
     rates: dict[str, list[float]] = {step.label: [] for step in steps}
     for _ in range(rounds):
         for step in steps:
-            started = time.perf_counter()
+            started = time.process_time()
             step.action()
-            rates[step.label].append(records / (time.perf_counter() - started))
+            rates[step.label].append(records / max(time.process_time() - started, 1e-9))
     return {label: (max(found), statistics.median(found)) for label, found in rates.items()}
 
 
@@ -97,7 +98,7 @@ def main() -> None:
         directory = Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="antiprof-bench-")))
         steps = perfdata_steps(window, stack, directory) + pprof_steps(window, stack, directory)
         rates = measure(steps, args.rounds, len(window.samples))
-    print("| renderer | best records/s | median records/s |")
+    print("| renderer | best records per CPU second | median |")
     print("|---|---|---|")
     for label, (best, median) in rates.items():
         print(f"| {label} | {best:,.0f} | {median:,.0f} |")
