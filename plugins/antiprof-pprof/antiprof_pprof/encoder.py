@@ -1,8 +1,8 @@
 """ProfileWindows to one pprof ``Profile``: deduplicated mappings, locations and functions, labelled samples.
 
 The protobuf runtime does all wire encoding; this module only decides what goes in the message.
-Frames and mappings are shared objects in a window (the symbolizer caches them), so the tables
-are looked up by object identity first and by value only on a miss. Identities are forgotten after
+Frames and mappings are shared objects in a window (the symbolizer caches them), so each distinct
+object is looked up by value once and every other reference by identity. Identities are forgotten after
 each window, so a builder that outlives its windows (the live endpoint's) never confuses a new
 object with a dead one, and keeps no window alive.
 """
@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import collections
 import gzip
-from collections.abc import Iterable, Sequence
+import operator
+from collections.abc import Iterable
 
 from antiprof_core.model import Frame, Mapping, ProfileWindow
 from antiprof_pprof import profile_pb2
@@ -21,6 +22,7 @@ PERIOD_TYPE = ("cpu", "nanoseconds")
 GZIP_LEVEL = 1  # what Go's runtime/pprof uses: profiles are small, speed matters more than bytes
 
 _LabelKey = tuple[int, int, str]  # pid, tid, thread name
+_THREAD = operator.attrgetter("pid", "tid", "thread_name")
 
 
 class ProfileBuilder:
@@ -37,7 +39,7 @@ class ProfileBuilder:
         self._mapping_ids: dict[Mapping, int] = {}
         self._mappings: list[Mapping] = []
         self._mapping_unnamed: list[bool] = []  # per mapping: a location in it has no function
-        self._location_ids_by_frame: dict[int, int] = {}
+        self._location_ids_by_frame: dict[int, int] = {}  # this window's frame objects, by id()
         self._location_ids: dict[tuple[int, int, str | None], int] = {}
         self._locations: list[tuple[int, int, int]] = []  # mapping id, address, function id (0: none)
         self._function_ids: dict[str, int] = {}
@@ -58,35 +60,34 @@ class ProfileBuilder:
         """Appends the window's samples (pprof readers add up equal stacks themselves)."""
         self._note(window)
         period = window.period_ns
-        merged = self._merged if self.merge_samples else None
+        samples = [sample for sample in window.samples if sample.stack]
+        threads = list(map(_THREAD, samples))
         labels = self._labels
+        for thread in set(threads).difference(labels):
+            labels[thread] = self._make_labels(window, *thread)
+        location_of = self._location_ids_by_frame
+        known = location_of.__getitem__
+        merged = self._merged if self.merge_samples else None
         add_sample = self._profile.sample.add
-        by_frame = self._location_ids_by_frame.__getitem__
-        for sample in window.samples:
+        for sample, thread in zip(samples, threads, strict=True):
             stack = sample.stack
-            if not stack:
-                continue
             try:
-                ids = tuple(map(by_frame, map(id, stack)))
-            except KeyError:  # a frame not seen before in this profile
-                ids = self._location_ids_of(stack)
-            label_key = (sample.pid, sample.tid, sample.thread_name)
-            thread_labels = labels.get(label_key)
-            if thread_labels is None:
-                thread_labels = labels[label_key] = self._make_labels(window, *label_key)
+                ids = tuple(map(known, map(id, stack)))
+            except KeyError:  # a frame object not met yet in this window
+                ids = tuple(location_of.get(id(frame)) or self._new_location(frame) for frame in stack)
             count = sample.count
             if merged is not None:
-                same = merged.get((ids, label_key))
+                same = merged.get((ids, thread))
                 if same is not None:
                     same.value[0] += count
                     same.value[1] += count * period
                     continue
             # The labels were serialized by protobuf once per thread; merging them is the runtime's own parse.
             added = add_sample(location_id=ids, value=(count, count * period))
-            added.MergeFromString(thread_labels)
+            added.MergeFromString(labels[thread])
             if merged is not None:
-                merged[(ids, label_key)] = added
-        self._location_ids_by_frame.clear()
+                merged[(ids, thread)] = added
+        location_of.clear()
         self._mapping_ids_by_object.clear()
 
     def _note(self, window: ProfileWindow) -> None:
@@ -119,10 +120,6 @@ class ProfileBuilder:
             if process.container_id:
                 labels.append(profile_pb2.Label(key=string("container_id"), str=string(process.container_id)))
         return profile_pb2.Sample(label=labels).SerializeToString()
-
-    def _location_ids_of(self, stack: Sequence[Frame]) -> tuple[int, ...]:
-        by_frame = self._location_ids_by_frame
-        return tuple(by_frame.get(id(frame)) or self._new_location(frame) for frame in stack)
 
     def _new_location(self, frame: Frame) -> int:
         mapping_id = self._mapping_id(frame.mapping) if frame.mapping is not None else 0
