@@ -32,7 +32,7 @@ def test_generated_module_matches_the_proto(tmp_path):
     generate(tmp_path)
     for name in GENERATED:
         fresh, committed = (tmp_path / PACKAGE.name / name).read_text(), (PACKAGE / name).read_text()
-        assert fresh == committed, f"{name} is stale: run python {Path(__file__).relative_to(Path.cwd())}"
+        assert fresh == committed, f"{name} is stale: run python {Path(__file__)}"
 
 
 def test_schema_has_the_field_numbers_readers_expect():
