@@ -1,0 +1,133 @@
+"""Our unwind rows against binutils' own interpretation (`readelf --debug-dump=frames-interp`)
+for every FDE of Debian's libc and python3.11, which are built without frame pointers."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from antiprof_core.sources.unwind import CfaKind, RbpKind, Row, build_table
+
+LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
+PYTHON = "/usr/bin/python3.11"
+
+_ENTRY = re.compile(r"^([0-9a-f]+) [0-9a-f]+ ([0-9a-f]+) (CIE|FDE)(?: cie=([0-9a-f]+) pc=([0-9a-f]+)\.\.([0-9a-f]+))?")
+_SECTION = re.compile(r"^Contents of the (\S+) section")
+
+pytestmark = pytest.mark.skipif(shutil.which("readelf") is None, reason="binutils' readelf is not installed")
+
+
+def readelf_fdes(path: str) -> list[tuple[int, int, list[tuple[int, dict[str, str]]]]]:
+    """(begin, end, rows) per FDE of .eh_frame; rows are (loc, {column: rule}); CIE rows fill in empty FDEs."""
+    # readelf exits 1 on libc without saying why (it prints the whole table); the output is checked instead
+    command = ["readelf", "--wide", "--debug-dump=frames-interp", path]
+    text = subprocess.run(command, capture_output=True, text=True).stdout
+    assert "Contents of the .eh_frame section" in text, f"readelf printed no .eh_frame for {path}"
+    cies: dict[str, list[tuple[int, dict[str, str]]]] = {}
+    fdes: list[tuple[int, int, list[tuple[int, dict[str, str]]]]] = []
+    section = ""
+    current: list[tuple[int, dict[str, str]]] = []
+    columns: list[str] = []
+    for line in text.splitlines():
+        if match := _SECTION.match(line):
+            section = match.group(1)
+            continue
+        if section != ".eh_frame":
+            continue
+        if match := _ENTRY.match(line):
+            current = []
+            columns = []
+            if match.group(3) == "CIE":
+                cies[match.group(1)] = current
+            else:
+                fdes.append((int(match.group(5), 16), int(match.group(6), 16), current))
+                current.append((-1, {"cie": match.group(4)}))
+            continue
+        fields = re.sub(r"(\w+) \((\w+)\)", r"\1(\2)", line).split()  # "r9 (r9)": a register rule
+        if fields[:2] == ["LOC", "CFA"]:
+            columns = fields[1:]
+        elif columns and len(fields) == len(columns) + 1 and re.fullmatch(r"[0-9a-f]+", fields[0]):
+            current.append((int(fields[0], 16), dict(zip(columns, fields[1:], strict=True))))
+    resolved = []
+    for begin, end, rows in fdes:
+        cie = rows[0][1]["cie"]
+        body = rows[1:]
+        if not body:  # no instructions: readelf prints nothing, the CIE's row holds
+            body = [(begin, rule) for _, rule in cies[cie]]
+        resolved.append((begin, end, body))
+    return resolved
+
+
+def expected_matches(rule: dict[str, str], row: Row) -> str | None:
+    """None when our row says what readelf says, else why not."""
+    ra = rule.get("ra", "u")
+    if ra == "u":
+        return None if row.cfa_kind == CfaKind.OUTERMOST else f"ra undefined, we have {row}"
+    if ra != "c-8" and not re.fullmatch(r"c-?\d+", ra):
+        return None if row.cfa_kind == CfaKind.RA_RULE else f"ra {ra}, we have {row}"
+    cfa = rule["CFA"]
+    if match := re.fullmatch(r"(rsp|rbp)\+(-?\d+)", cfa):
+        want = CfaKind.RSP if match.group(1) == "rsp" else CfaKind.RBP
+        if (row.cfa_kind, row.cfa_offset) != (want, int(match.group(2))):
+            return f"CFA {cfa}, we have {row}"
+    elif cfa == "exp":
+        if row.cfa_kind not in (CfaKind.PLT, CfaKind.DEREF_RBP, CfaKind.CFA_EXPRESSION):
+            return f"CFA exp, we have {row}"
+        return None
+    else:
+        return None if row.cfa_kind == CfaKind.CFA_REGISTER else f"CFA {cfa}, we have {row}"
+    if row.ra_offset != int(ra[1:]):
+        return f"ra {ra}, we have {row}"
+    rbp = rule.get("rbp", "u")
+    if rbp in ("u", "s"):
+        want_rbp: tuple[RbpKind, int | None] = (RbpKind.UNCHANGED, 0)
+    elif re.fullmatch(r"c-?\d+", rbp):
+        want_rbp = (RbpKind.AT_CFA, int(rbp[1:]))
+    else:
+        want_rbp = (RbpKind.UNKNOWN, 0)
+    if (row.rbp_kind, row.rbp_offset) != want_rbp:
+        return f"rbp {rbp}, we have {row}"
+    return None
+
+
+@pytest.mark.parametrize("path", [LIBC, PYTHON])
+def test_every_row_matches_readelf(path: str) -> None:
+    if not Path(path).exists():
+        pytest.skip(f"{path} is not installed")
+    fdes = readelf_fdes(path)
+    table = build_table(path)
+    assert table.counts["fdes"] == len(fdes) and table.counts["bad_fdes"] == 0
+    compared = 0
+    problems = []
+    for begin, end, rows in fdes:
+        for loc, rule in rows:
+            problem = expected_matches(rule, table.lookup(loc))  # type: ignore[arg-type]
+            if problem:
+                problems.append(f"FDE {begin:#x}..{end:#x} at {loc:#x}: {problem}")
+            compared += 1
+        last = table.lookup(end - 1)
+        assert last is not None and expected_matches(rows[-1][1], last) is None, f"{begin:#x}: last row"
+    assert not problems, "\n".join(problems[:20])
+    assert compared > 20_000
+
+
+def test_gaps_between_functions_stop_the_walk() -> None:
+    fdes = readelf_fdes(LIBC)
+    table = build_table(LIBC)
+    ends = {end for _, end, _ in fdes}
+    begins = {begin for begin, _, _ in fdes}
+    gap = min(end for end in ends if end not in begins)
+    row = table.lookup(gap)
+    assert row is not None and row.cfa_kind == CfaKind.NO_FDE
+    assert table.lookup(min(begins) - 1) is None
+
+
+def test_the_plt_expression_is_recognised() -> None:
+    table = build_table(LIBC)
+    plt_rows = [row for row in table if row.cfa_kind == CfaKind.PLT]
+    assert plt_rows, "libc's .plt FDE"
+    assert all((row.cfa_offset, row.param, row.ra_offset) == (8, 11, -8) for row in plt_rows)
