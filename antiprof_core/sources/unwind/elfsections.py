@@ -34,9 +34,12 @@ class UnwindInputError(Exception):
     """A file cannot give unwind tables; the message is one line naming the file and why."""
 
     def __init__(self, path: str, reason: str) -> None:
-        super().__init__(f"{path}: {reason}")
+        super().__init__(path, reason)  # both in args, so the error survives pickling (process worker)
         self.path = path
         self.reason = reason
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 @frozen
@@ -61,8 +64,11 @@ class ElfSections:
 _WANTED = (".eh_frame", ".debug_frame", ".eh_frame_hdr", ".gnu_debuglink")
 
 
-def read_sections(path: str) -> ElfSections:
-    """Open ``path`` without following a final symlink and read its unwind sections."""
+def read_sections(path: str, unwind: bool = True) -> ElfSections:
+    """Open ``path`` without following a final symlink and read its unwind sections.
+
+    With ``unwind`` False only the build ID and debuglink are read (a cache lookup).
+    """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
     except OSError as error:
@@ -73,7 +79,7 @@ def read_sections(path: str) -> ElfSections:
             raise UnwindInputError(path, "not a regular file")
         if info.st_size > MAX_FILE_SIZE:
             raise UnwindInputError(path, f"file of {info.st_size} bytes is over the {MAX_FILE_SIZE} byte cap")
-        return _read(fd, path, info.st_size)
+        return _read(fd, path, info.st_size, _WANTED if unwind else (".gnu_debuglink",))
     except OSError as error:
         raise UnwindInputError(path, f"read failed: {error.strerror or error}") from None
     finally:
@@ -89,7 +95,7 @@ def _pread(fd: int, path: str, size: int, offset: int, file_size: int, what: str
     return data
 
 
-def _read(fd: int, path: str, file_size: int) -> ElfSections:
+def _read(fd: int, path: str, file_size: int, wanted: tuple[str, ...]) -> ElfSections:
     header = _pread(fd, path, _EHDR.size, 0, file_size, "ELF header") if file_size >= _EHDR.size else b""
     if header[:4] != b"\x7fELF":
         raise UnwindInputError(path, "not an ELF file")
@@ -119,7 +125,7 @@ def _read(fd: int, path: str, file_size: int) -> ElfSections:
         name = name_of(sh[0])
         if sh[1] == _SHT_NOTE and build_id is None and sh[5] <= 1 << 16:
             build_id = _build_id_from_notes(_section_bytes(fd, path, file_size, sh, name))
-        if name in _WANTED and name not in found and sh[1] != _SHT_NOBITS:
+        if name in wanted and name not in found and sh[1] != _SHT_NOBITS:
             found[name] = Section(name, sh[3], _section_bytes(fd, path, file_size, sh, name))
     debuglink = None
     if ".gnu_debuglink" in found:

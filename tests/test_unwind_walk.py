@@ -1,0 +1,183 @@
+"""The reference walker on real processes: a C program built with -O2 -fomit-frame-pointer and
+libc's qsort, stopped by gdb, walked from gdb's own register and stack snapshot; every
+physical frame gdb's `bt` shows must be ours, in order, down to main and on to _start."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from antiprof_core.sources.unwind import build_table
+from antiprof_core.sources.unwind.build import UnwindTable
+from antiprof_core.sources.unwind.walker import Registers, Resolver, process_resolver, walk
+from antiprof_core.symbolize.procfs import read_maps
+
+SOURCE = r"""
+#include <stdlib.h>
+#include <string.h>
+volatile unsigned long sink;
+volatile int spin = 1;
+__attribute__((noinline)) unsigned long alpha(unsigned long n) {
+    unsigned long x = n;
+    while (spin) { x = x * 6364136223846793005UL + 1442695040888963407UL; sink = x; }
+    return x;
+}
+__attribute__((noinline)) static int compare(const void *a, const void *b) {
+    sink += alpha(*(const int *)a);
+    return *(const int *)a - *(const int *)b;
+}
+__attribute__((noinline)) unsigned long middle(int use_qsort) {
+    volatile unsigned long local[8];
+    for (int i = 0; i < 8; i++) local[i] = sink + i;
+    unsigned long r;
+    if (use_qsort) {
+        int values[64];
+        for (int i = 0; i < 64; i++) values[i] = 64 - i;
+        qsort(values, 64, sizeof values[0], compare);
+        r = values[0];
+    } else {
+        r = alpha(local[3]);
+    }
+    sink += local[5];
+    return r + 1;
+}
+int main(int argc, char **argv) {
+    unsigned long r = middle(argc > 1 && strcmp(argv[1], "qsort") == 0);
+    sink = r;
+    return 0;
+}
+"""
+
+pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not installed (scripts/setup-system.sh)")
+
+_FRAME = re.compile(r"^#(\d+)\s+0x([0-9a-f]+) in (\S+)")
+
+
+def build(directory: Path, *flags: str) -> Path:
+    (directory / "walk.c").write_text(SOURCE)
+    binary = directory / "walk"
+    subprocess.run(["gcc", "-O2", "-fomit-frame-pointer", *flags, "-o", str(binary), str(directory / "walk.c")],
+                   check=True)  # fmt: skip
+    return binary
+
+
+class Snapshot:
+    """Registers, the stack's bytes and gdb's backtrace, all taken while gdb holds the process stopped."""
+
+    def __init__(self, pid: int, directory: Path, debug_root: Path | None = None) -> None:
+        stack = next(entry for entry in read_maps(pid) if entry.path == "[stack]")
+        dump = directory / "stack.bin"
+        output = subprocess.run(
+            ["gdb", "-batch", "-nx", "-iex", f"set debug-file-directory {debug_root or '/usr/lib/debug'}",
+             "-p", str(pid), "-ex", "set debuginfod enabled off",
+             "-ex", "info registers rip rsp rbp", "-ex", "bt",
+             "-ex", f"dump binary memory {dump} $rsp {stack.end:#x}"],
+            capture_output=True, text=True, timeout=120,
+        ).stdout  # fmt: skip
+        registers = dict(re.findall(r"^(rip|rsp|rbp)\s+0x([0-9a-f]+)", output, re.MULTILINE))
+        self.registers = Registers(int(registers["rip"], 16), int(registers["rsp"], 16), int(registers["rbp"], 16))
+        # physical frames only: gdb prints no address for frames inlined into the one above
+        self.frames = [(int(m.group(2), 16), m.group(3)) for m in map(_FRAME.match, output.splitlines()) if m]
+        self.stack = dump.read_bytes()
+
+    def read(self, address: int) -> int | None:
+        offset = address - self.registers.rsp
+        if not 0 <= offset <= len(self.stack) - 8:
+            return None
+        return int.from_bytes(self.stack[offset : offset + 8], "little")
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[bytes]]]]:
+    processes: list[subprocess.Popen[bytes]] = []
+    yield tmp_path, processes
+    for process in processes:
+        process.kill()
+        process.wait()
+
+
+def snapshot_in_alpha(pid: int, directory: Path, debug_root: Path | None = None) -> Snapshot:
+    """Attach until the program is inside alpha (it gets there within microseconds of starting)."""
+    deadline = time.monotonic() + 60
+    while True:
+        snapshot = Snapshot(pid, directory, debug_root)
+        if snapshot.frames and snapshot.frames[0][1] == "alpha":
+            return snapshot
+        assert time.monotonic() < deadline, f"never caught the program in alpha: {snapshot.frames}"
+
+
+def check_walk(snapshot: Snapshot, resolve: Resolver) -> None:
+    pcs, reason = walk(snapshot.registers, resolve, snapshot.read)
+    gdb_pcs = [pc for pc, _ in snapshot.frames]
+    names = [name for _, name in snapshot.frames]
+    assert names[-1] == "main", names
+    assert pcs[: len(gdb_pcs)] == gdb_pcs, (names, [hex(pc) for pc in pcs], [hex(pc) for pc in gdb_pcs])
+    # past main: __libc_start_call_main, __libc_start_main, _start, whose return address is undefined
+    assert reason == "outermost" and len(pcs) == len(gdb_pcs) + 3, (reason, len(pcs), len(gdb_pcs))
+
+
+def frame_pointer_walk(snapshot: Snapshot) -> list[int]:
+    pcs, frame = [snapshot.registers.rip], snapshot.registers.rbp
+    while frame and len(pcs) < 127:
+        return_address, frame = snapshot.read(frame + 8), snapshot.read(frame)
+        if not return_address:
+            break
+        pcs.append(return_address)
+    return pcs
+
+
+def test_the_workload_has_no_frame_pointer_prologues(tmp_path: Path) -> None:
+    disassembly = subprocess.run(["objdump", "-d", str(build(tmp_path))], capture_output=True, text=True).stdout
+    for function in ("main", "middle", "alpha"):
+        body = disassembly.split(f"<{function}>:\n", 1)[1].split("\n\n", 1)[0]
+        assert "%rsp,%rbp" not in body, f"{function} sets up a frame pointer:\n{body}"
+
+
+@pytest.mark.parametrize("mode", ["direct", "qsort"])
+def test_walk_matches_gdb_backtrace(running: tuple[Path, list[subprocess.Popen[bytes]]], mode: str) -> None:
+    directory, processes = running
+    binary = build(directory)
+    process = subprocess.Popen([str(binary), mode])
+    processes.append(process)
+    resolve = process_resolver(process.pid)
+    for _ in range(3):  # different stopping points inside alpha's loop
+        snapshot = snapshot_in_alpha(process.pid, directory)
+        expected = ["alpha", "middle", "main"] if mode == "direct" else ["alpha", "compare", "middle", "main"]
+        assert [name for _, name in snapshot.frames if name in expected] == expected, snapshot.frames
+        check_walk(snapshot, resolve)
+        # the same snapshot walked by frame pointers does not get there: the check can fail
+        assert snapshot.frames[-1][0] not in frame_pointer_walk(snapshot)
+
+
+def test_walk_with_debug_frame_from_a_debug_file(running: tuple[Path, list[subprocess.Popen[bytes]]]) -> None:
+    """No .eh_frame for our code: its CFI is only in .debug_frame, in a debug file found by build ID."""
+    directory, processes = running
+    binary = build(directory, "-g", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables")
+    build_id = subprocess.run(["readelf", "-n", str(binary)], capture_output=True, text=True, check=True).stdout
+    build_id = re.search(r"Build ID: ([0-9a-f]+)", build_id).group(1)  # type: ignore[union-attr]
+    debug_root = directory / "debug"
+    debug_file = debug_root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
+    debug_file.parent.mkdir(parents=True)
+    subprocess.run(["objcopy", "--only-keep-debug", str(binary), str(debug_file)], check=True)
+    subprocess.run(["strip", "--strip-debug", str(binary)], check=True)
+
+    alone = build_table(str(binary))
+    with_debug = build_table(str(binary), debug_root=debug_root)
+    assert with_debug.counts.get("debug_file_fdes") == 1 and not alone.counts.get("debug_file_fdes")
+    assert len(with_debug) > len(alone)
+
+    def tables(path: str) -> UnwindTable:
+        return with_debug if path == str(binary) else build_table(path)
+
+    process = subprocess.Popen([str(binary), "direct"])
+    processes.append(process)
+    snapshot = snapshot_in_alpha(process.pid, directory, debug_root)
+    check_walk(snapshot, process_resolver(process.pid, tables))
+    pcs, reason = walk(snapshot.registers, process_resolver(process.pid), snapshot.read)
+    assert len(pcs) == 1 and reason in ("no_fde", "no_row"), (pcs, reason)  # without the debug file
