@@ -10,7 +10,7 @@ from antiprof_core.sources.unwind.elfsections import Section, UnwindInputError, 
 from antiprof_core.sources.unwind.table import UnwindTable, assemble
 from antiprof_core.symbolize.elf import DEBUG_ROOT, debug_file_candidates
 
-MAX_ROWS = 8_000_000  # ~160 MiB of table; far above any real binary, a bound for hostile ones
+MAX_ROWS = 4_000_000  # 80 MiB of table: above any real binary (python3.11: 65k), a bound for hostile ones
 
 
 def build_table(path: str, debug_root: Path = DEBUG_ROOT, name: str | None = None) -> UnwindTable:
@@ -43,12 +43,10 @@ def build_table(path: str, debug_root: Path = DEBUG_ROOT, name: str | None = Non
 def _add(path: str, section: Section | None, is_eh: bool, sources: list[list[Fde]], counts: Counter[str]) -> None:
     if section is None or not section.data:
         return
+    budget = MAX_ROWS - sum(len(fde[2]) for source in sources for fde in source)
     try:
-        fdes, section_counts = parse_frames(section.data, section.address, is_eh)
+        fdes, section_counts = parse_frames(section.data, section.address, is_eh, budget)
     except FrameSectionError as error:
         raise UnwindInputError(path, f"{section.name}: {error}") from None
-    rows = sum(len(fde[2]) for fde in fdes) + sum(len(source) for source in sources)
-    if rows > MAX_ROWS:
-        raise UnwindInputError(path, f"more than {MAX_ROWS} unwind rows")
     sources.append(fdes)
     counts.update(section_counts)

@@ -17,6 +17,7 @@ from typing import Any
 from antiprof_core.sources.unwind.rows import ROW, CfaKind, RbpKind, pack_stop
 
 MAX_REMEMBERED = 64  # DW_CFA_remember_state nesting; compilers use one or two levels
+MAX_FDE_SIZE = 1 << 20  # real FDEs are at most a few KiB; a bigger one is marked bad, not run
 
 _U16 = struct.Struct("<H").unpack_from
 _U32 = struct.Struct("<I").unpack_from
@@ -446,12 +447,25 @@ def _parse_cie(data: bytes, pos: int, is_eh: bool, section_address: int) -> _Cie
 Fde = tuple[int, int, list[int], list[bytes]]  # (begin, end, row pcs, packed rows)
 
 
-def parse_frames(data: bytes, section_address: int, is_eh: bool) -> tuple[list[Fde], dict[str, int]]:
+def parse_frames(
+    data: bytes, section_address: int, is_eh: bool, max_rows: int = 4_000_000
+) -> tuple[list[Fde], dict[str, int]]:
     """Every FDE of one .eh_frame (``is_eh``) or .debug_frame section, with its rows.
 
     Returns the FDEs in section order and counts (``fdes``, ``bad_fdes``, ``skipped_fdes``).
-    Raises FrameSectionError when the chain of entries itself is broken.
+    Raises FrameSectionError when the chain of entries itself is broken or there are more
+    than ``max_rows`` rows (memory stays bounded whatever the file says).
     """
+    try:
+        return _parse_frames(data, section_address, is_eh, max_rows)
+    except (IndexError, ValueError, OverflowError, struct.error, _BadInstructions) as error:
+        raise FrameSectionError(f"malformed entry ({error})") from None
+
+
+def _parse_frames(
+    data: bytes, section_address: int, is_eh: bool, max_rows: int
+) -> tuple[list[Fde], dict[str, int]]:
+    total_rows = 0
     fdes: list[Fde] = []
     counts = {"fdes": 0, "bad_fdes": 0, "skipped_fdes": 0}
     cies: dict[int, _Cie] = {}
@@ -510,6 +524,8 @@ def parse_frames(data: bytes, section_address: int, is_eh: bool) -> tuple[list[F
         pcs: list[int] = []
         rows: list[bytes] = []
         try:
+            if end - cursor > MAX_FDE_SIZE:
+                raise _BadInstructions("FDE too large")
             interpret(
                 data, cursor, end, cie.state, cie.state, begin, cie.code_align, cie.data_align,
                 cie.encoding, section_address, pcs, rows,
@@ -522,5 +538,8 @@ def parse_frames(data: bytes, section_address: int, is_eh: bool) -> tuple[list[F
                 pcs.pop()
                 rows.pop()
         fdes.append((begin, begin + length, pcs, rows))
+        total_rows += len(pcs)
+        if total_rows > max_rows:
+            raise FrameSectionError(f"more than {max_rows} rows")
         pos = end
     return fdes, counts
