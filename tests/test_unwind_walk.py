@@ -4,6 +4,8 @@ physical frame gdb's `bt` shows must be ours, in order, down to main and on to _
 
 from __future__ import annotations
 
+import ctypes
+import os
 import re
 import shutil
 import subprocess
@@ -15,7 +17,7 @@ import pytest
 
 from antiprof_core.sources.unwind import build_table
 from antiprof_core.sources.unwind.build import UnwindTable
-from antiprof_core.sources.unwind.walker import Registers, Resolver, process_resolver, walk
+from antiprof_core.sources.unwind.walker import ProcessMemory, Registers, Resolver, process_resolver, walk
 from antiprof_core.symbolize.procfs import read_maps
 
 SOURCE = r"""
@@ -181,3 +183,13 @@ def test_walk_with_debug_frame_from_a_debug_file(running: tuple[Path, list[subpr
     check_walk(snapshot, process_resolver(process.pid, tables))
     pcs, reason = walk(snapshot.registers, process_resolver(process.pid), snapshot.read)
     assert len(pcs) == 1 and reason in ("no_fde", "no_row"), (pcs, reason)  # without the debug file
+
+
+def test_process_memory_reads_words_and_refuses_bad_addresses() -> None:
+    word = ctypes.c_uint64(0x1122334455667788)
+    memory = ProcessMemory(os.getpid())
+    try:
+        assert memory(ctypes.addressof(word)) == 0x1122334455667788
+        assert memory(0) is None and memory(-8) is None and memory(1 << 64) is None
+    finally:
+        memory.close()

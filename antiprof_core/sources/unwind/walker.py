@@ -111,17 +111,20 @@ def process_resolver(pid: int, build: Callable[[str], UnwindTable] = build_table
     return resolve
 
 
-def memory_reader(pid: int) -> Reader:
-    """Reads from ``/proc/PID/mem`` (the process should be stopped for a consistent walk)."""
-    fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+class ProcessMemory:
+    """A Reader over ``/proc/PID/mem`` (stop the process for a consistent walk); close it when done."""
 
-    def read(address: int) -> int | None:
+    def __init__(self, pid: int) -> None:
+        self._fd = os.open(f"/proc/{pid}/mem", os.O_RDONLY | os.O_CLOEXEC)
+
+    def __call__(self, address: int) -> int | None:
         if not 0 <= address < 1 << 63:
             return None
         try:
-            data = os.pread(fd, 8, address)
+            data = os.pread(self._fd, 8, address)
         except OSError:
             return None
         return int.from_bytes(data, "little") if len(data) == 8 else None
 
-    return read
+    def close(self) -> None:
+        os.close(self._fd)
