@@ -185,6 +185,42 @@ def test_walk_with_debug_frame_from_a_debug_file(running: tuple[Path, list[subpr
     assert len(pcs) == 1 and reason in ("no_fde", "no_row"), (pcs, reason)  # without the debug file
 
 
+PYTHON_LOOP = """
+def a(n):
+    s = 0
+    for i in range(n):
+        s += i * i
+    return s
+def b():
+    while True:
+        a(1000)
+b()
+"""
+
+
+def test_walk_through_debians_python_matches_gdb(running: tuple[Path, list[subprocess.Popen[bytes]]]) -> None:
+    """python3.11 has no frame pointers: the walk from wherever the interpreter is stopped reaches _start."""
+    if not Path("/usr/bin/python3.11").exists():
+        pytest.skip("/usr/bin/python3.11 is not installed")
+    directory, processes = running
+    process = subprocess.Popen(["/usr/bin/python3.11", "-c", PYTHON_LOOP])
+    processes.append(process)
+    resolve = process_resolver(process.pid)
+    checked = 0
+    deadline = time.monotonic() + 60
+    while checked < 4:
+        assert time.monotonic() < deadline, "never caught python3.11 in its loop"
+        snapshot = Snapshot(process.pid, directory)
+        names = [name for _, name in snapshot.frames]
+        if "_PyEval_EvalFrameDefault" not in names:  # caught while starting up
+            continue
+        checked += 1
+        pcs, reason = walk(snapshot.registers, resolve, snapshot.read)
+        assert pcs == [pc for pc, _ in snapshot.frames], names
+        assert reason == "outermost" and names[-1] == "_start", (reason, names)
+        assert snapshot.frames[-1][0] not in frame_pointer_walk(snapshot)
+
+
 def test_process_memory_reads_words_and_refuses_bad_addresses() -> None:
     word = ctypes.c_uint64(0x1122334455667788)
     memory = ProcessMemory(os.getpid())
