@@ -16,7 +16,8 @@ import zlib
 from attrs import frozen
 
 MAX_FILE_SIZE = 4 << 30  # bigger than any real binary; a bound, not a guess at sizes
-MAX_SECTION_SIZE = 256 << 20  # .eh_frame of the largest binaries is tens of MiB
+MAX_SECTION_SIZE = 64 << 20  # .eh_frame of the largest binaries (browsers, LLVM) is 10-30 MiB
+MAX_NAMES_SIZE = 1 << 20  # the section-name table: a few hundred bytes in real files
 MAX_SECTIONS = 65_280  # SHN_LORESERVE: real files never have more
 
 _EHDR = struct.Struct("<16sHHIQQQIHHHHHH")
@@ -111,6 +112,8 @@ def _read(fd: int, path: str, file_size: int, wanted: tuple[str, ...]) -> ElfSec
     table = _pread(fd, path, shnum * _SHDR.size, shoff, file_size, "section table")
     headers = [_SHDR.unpack_from(table, index * _SHDR.size) for index in range(shnum)]
     names_header = headers[shstrndx]
+    if names_header[5] > MAX_NAMES_SIZE:
+        raise UnwindInputError(path, f"section name table of {names_header[5]} bytes is over the cap")
     names = _section_bytes(fd, path, file_size, names_header, "section names")
 
     def name_of(offset: int) -> str:
