@@ -70,7 +70,7 @@ def test_rows_that_say_nothing_new_are_merged_and_gaps_are_marked() -> None:
     ("expression", "kind", "offset", "param"),
     [
         (bytes([0x77, 8, 0x80, 0, 0x3F, 0x1A, 0x3B, 0x2A, 0x33, 0x24, 0x22]), CfaKind.PLT, 8, 11),  # binutils .plt
-        (bytes([0x77, 8, 0x80, 0, 0x3F, 0x1A, 0x3A, 0x2A, 0x33, 0x24, 0x22]), CfaKind.PLT, 8, 10),  # IBT .plt
+        (bytes([0x77, 8, 0x80, 0, 0x3F, 0x1A, 0x39, 0x2A, 0x33, 0x24, 0x22]), CfaKind.PLT, 8, 9),  # ld -z ibtplt
         (bytes([0x76, 0x78, 0x06]), CfaKind.DEREF_RBP, -8, 0),  # GCC's stack realignment
         (bytes([0x77, 0xA0, 0x01, 0x06]), CfaKind.CFA_EXPRESSION, 0, 0),  # a signal frame: *(rsp+160)
     ],

@@ -50,7 +50,9 @@ def readelf_fdes(path: str, wanted: str = ".eh_frame") -> list[tuple[int, int, l
         fields = re.sub(r"(\w+) \((\w+)\)", r"\1(\2)", line).split()  # "r9 (r9)": a register rule
         if fields[:2] == ["LOC", "CFA"]:
             columns = fields[1:]
-        elif columns and len(fields) == len(columns) + 1 and re.fullmatch(r"[0-9a-f]+", fields[0]):
+        elif not fields:
+            columns = []  # a table ends at a blank line ("000000a0 ZERO terminator" is no row)
+        elif columns and len(fields) == len(columns) + 1 and re.fullmatch(r"[0-9a-f]{16}", fields[0]):
             current.append((int(fields[0], 16), dict(zip(columns, fields[1:], strict=True))))
     resolved = []
     for begin, end, rows in fdes:
@@ -152,3 +154,15 @@ def test_the_plt_expression_is_recognised() -> None:
     plt_rows = [row for row in table if row.cfa_kind == CfaKind.PLT]
     assert plt_rows, "libc's .plt FDE"
     assert all((row.cfa_offset, row.param, row.ra_offset) == (8, 11, -8) for row in plt_rows)
+
+
+@pytest.mark.parametrize(("flags", "threshold"), [(["-Wl,-z,lazy"], 11), (["-Wl,-z,lazy", "-Wl,-z,ibtplt"], 9)])
+def test_both_plt_forms_the_linker_emits(tmp_path: Path, flags: list[str], threshold: int) -> None:
+    """Lazy-binding .plt entries push before jumping: the CFA depends on where in the 16-byte entry rip is."""
+    source = tmp_path / "hello.c"
+    source.write_text('#include <stdio.h>\nint main(void) { puts("hello"); return 0; }\n')
+    binary = tmp_path / "hello"
+    subprocess.run(["gcc", "-O2", *flags, "-o", str(binary), str(source)], check=True)
+    check_against_readelf(str(binary), ".eh_frame", 3)
+    plt_rows = [row for row in build_table(str(binary)) if row.cfa_kind == CfaKind.PLT]
+    assert [(row.cfa_offset, row.param) for row in plt_rows] == [(8, threshold)]

@@ -114,7 +114,7 @@ def read_encoded(data: bytes, pos: int, encoding: int, section_address: int) -> 
 def _cfa_expression(block: bytes) -> bytes:
     """The packed row for a DW_CFA_def_cfa_expression block (rbp and ra filled in later)."""
     # The lazy PLT: DW_OP_breg7 N; DW_OP_breg16 0; DW_OP_lit15; DW_OP_and; DW_OP_litT; DW_OP_ge;
-    # DW_OP_lit3; DW_OP_shl; DW_OP_plus  (binutils' .plt, T = 11; other PLT layouts differ in T)
+    # DW_OP_lit3; DW_OP_shl; DW_OP_plus  (ld's lazy .plt: T = 11, with -z ibtplt T = 9)
     if (
         len(block) == 11
         and block[0] == 0x77
