@@ -89,6 +89,8 @@ def expected_matches(rule: dict[str, str], row: Row) -> str | None:
         want_rbp: tuple[RbpKind, int | None] = (RbpKind.UNCHANGED, 0)
     elif re.fullmatch(r"c-?\d+", rbp):
         want_rbp = (RbpKind.AT_CFA, int(rbp[1:]))
+    elif rbp == "exp" and row.rbp_kind == RbpKind.AT_RBP:  # saved at rbp+N: readelf -wf has the N
+        return None
     else:
         want_rbp = (RbpKind.UNKNOWN, 0)
     if (row.rbp_kind, row.rbp_offset) != want_rbp:

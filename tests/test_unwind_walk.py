@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 
-from antiprof_core.sources.unwind import build_table
+from antiprof_core.sources.unwind import CfaKind, build_table
 from antiprof_core.sources.unwind.build import UnwindTable
-from antiprof_core.sources.unwind.walker import ProcessMemory, Registers, Resolver, process_resolver, walk
+from antiprof_core.sources.unwind.walker import ProcessMemory, Registers, Resolver, process_resolver, step, walk
 from antiprof_core.symbolize.procfs import read_maps
 
 SOURCE = r"""
@@ -61,8 +61,26 @@ pytestmark = pytest.mark.skipif(shutil.which("gdb") is None, reason="gdb is not 
 _FRAME = re.compile(r"^#(\d+)\s+0x([0-9a-f]+) in (\S+)")
 
 
-def build(directory: Path, *flags: str) -> Path:
-    (directory / "walk.c").write_text(SOURCE)
+REALIGNED_SOURCE = r"""
+#include <string.h>
+volatile int spin = 1;
+volatile long sink;
+__attribute__((noinline)) long alpha(long n) { while (spin) sink += n; return n; }
+__attribute__((noinline)) long middle(long n, int m) {
+    char buf[m];
+    __attribute__((aligned(64))) char aligned[256];
+    memset(buf, 1, m);
+    memset(aligned, 2, sizeof aligned);
+    long r = alpha(n + buf[m / 2] + aligned[n & 255]);
+    sink += r;
+    return r + 1;
+}
+int main(int argc, char **argv) { return (int)middle(argc, 100 + argc); }
+"""
+
+
+def build(directory: Path, *flags: str, source: str = SOURCE) -> Path:
+    (directory / "walk.c").write_text(source)
     binary = directory / "walk"
     subprocess.run(["gcc", "-O2", "-fomit-frame-pointer", *flags, "-o", str(binary), str(directory / "walk.c")],
                    check=True)  # fmt: skip
@@ -72,21 +90,27 @@ def build(directory: Path, *flags: str) -> Path:
 class Snapshot:
     """Registers, the stack's bytes and gdb's backtrace, all taken while gdb holds the process stopped."""
 
-    def __init__(self, pid: int, directory: Path, debug_root: Path | None = None) -> None:
+    def __init__(self, pid: int, directory: Path, debug_root: Path | None = None, extra: tuple[str, ...] = ()) -> None:
         stack = next(entry for entry in read_maps(pid) if entry.path == "[stack]")
         dump = directory / "stack.bin"
         output = subprocess.run(
             ["gdb", "-batch", "-nx", "-iex", f"set debug-file-directory {debug_root or '/usr/lib/debug'}",
              "-p", str(pid), "-ex", "set debuginfod enabled off",
              "-ex", "info registers rip rsp rbp", "-ex", "bt",
-             "-ex", f"dump binary memory {dump} $rsp {stack.end:#x}"],
+             "-ex", f"dump binary memory {dump} $rsp {stack.end:#x}", *(f"-ex={command}" for command in extra)],
             capture_output=True, text=True, timeout=120,
         ).stdout  # fmt: skip
-        registers = dict(re.findall(r"^(rip|rsp|rbp)\s+0x([0-9a-f]+)", output, re.MULTILINE))
+        registers: dict[str, str] = {}  # the first of each: later ones are other frames' (`extra`)
+        for name, value in re.findall(r"^(rip|rsp|rbp)\s+0x([0-9a-f]+)", output, re.MULTILINE):
+            registers.setdefault(name, value)
         self.registers = Registers(int(registers["rip"], 16), int(registers["rsp"], 16), int(registers["rbp"], 16))
         # physical frames only: gdb prints no address for frames inlined into the one above
-        self.frames = [(int(m.group(2), 16), m.group(3)) for m in map(_FRAME.match, output.splitlines()) if m]
+        frames: dict[int, tuple[int, str]] = {}  # by number: `frame N` prints its line again
+        for match in filter(None, map(_FRAME.match, output.splitlines())):
+            frames.setdefault(int(match.group(1)), (int(match.group(2), 16), match.group(3)))
+        self.frames = [frames[number] for number in sorted(frames)]
         self.stack = dump.read_bytes()
+        self.output = output
 
     def read(self, address: int) -> int | None:
         offset = address - self.registers.rsp
@@ -104,11 +128,13 @@ def running(tmp_path: Path) -> Iterator[tuple[Path, list[subprocess.Popen[bytes]
         process.wait()
 
 
-def snapshot_in_alpha(pid: int, directory: Path, debug_root: Path | None = None) -> Snapshot:
+def snapshot_in_alpha(
+    pid: int, directory: Path, debug_root: Path | None = None, extra: tuple[str, ...] = ()
+) -> Snapshot:
     """Attach until the program is inside alpha (it gets there within microseconds of starting)."""
     deadline = time.monotonic() + 60
     while True:
-        snapshot = Snapshot(pid, directory, debug_root)
+        snapshot = Snapshot(pid, directory, debug_root, extra)
         if snapshot.frames and snapshot.frames[0][1] == "alpha":
             return snapshot
         assert time.monotonic() < deadline, f"never caught the program in alpha: {snapshot.frames}"
@@ -183,6 +209,27 @@ def test_walk_with_debug_frame_from_a_debug_file(running: tuple[Path, list[subpr
     check_walk(snapshot, process_resolver(process.pid, tables))
     pcs, reason = walk(snapshot.registers, process_resolver(process.pid), snapshot.read)
     assert len(pcs) == 1 and reason in ("no_fde", "no_row"), (pcs, reason)  # without the debug file
+
+
+def test_walk_through_a_function_that_realigns_its_stack(running: tuple[Path, list[subprocess.Popen[bytes]]]) -> None:
+    """GCC's DRAP: CFA = *(rbp-16), the caller's rbp saved at rbp+0 (two expressions the table keeps)."""
+    directory, processes = running
+    binary = build(directory, source=REALIGNED_SOURCE)
+    middle_kinds = {row.cfa_kind for row in build_table(str(binary))}
+    assert CfaKind.DEREF_RBP in middle_kinds
+    process = subprocess.Popen([str(binary)])
+    processes.append(process)
+    resolve = process_resolver(process.pid)
+    for _ in range(2):
+        snapshot = snapshot_in_alpha(process.pid, directory, extra=("frame 2", "info registers rbp"))
+        assert [name for _, name in snapshot.frames] == ["alpha", "middle", "main"]
+        check_walk(snapshot, resolve)
+        # main's rbp as gdb unwinds it = ours, read back from where middle saved it (rbp+0)
+        main_rbp = int(re.findall(r"^rbp\s+0x([0-9a-f]+)", snapshot.output, re.MULTILINE)[-1], 16)
+        in_middle = step(snapshot.registers, resolve, snapshot.read, leaf=True)
+        assert isinstance(in_middle, Registers)
+        in_main = step(in_middle, resolve, snapshot.read, leaf=False)
+        assert isinstance(in_main, Registers) and in_main.rbp == main_rbp, (in_main, hex(main_rbp))
 
 
 PYTHON_LOOP = """

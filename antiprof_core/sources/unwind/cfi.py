@@ -337,9 +337,14 @@ def _rare_op(
     elif op in (0x10, 0x16):  # DW_CFA_expression, DW_CFA_val_expression
         register, pos = _uleb(data, pos)
         size, pos = _uleb(data, pos)
+        block = data[pos : pos + size]
         pos += size
         if register == _RBP:
             rbp_kind, rbp_offset = RbpKind.UNKNOWN, 0
+            if op == 0x10 and size >= 2 and block[0] == 0x76:  # saved at DW_OP_breg6 N: realigned frames
+                offset, end = _sleb(block, 1)
+                if end == size:
+                    rbp_kind, rbp_offset = RbpKind.AT_RBP, offset
         elif register == _RA:
             ra_offset = _RA_UNSUPPORTED
     elif op in (0x14, 0x15):  # DW_CFA_val_offset, DW_CFA_val_offset_sf: a value, not a save slot

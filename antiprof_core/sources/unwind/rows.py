@@ -37,6 +37,7 @@ class RbpKind(enum.IntEnum):
     UNCHANGED = 0  # the caller's rbp is the current rbp
     AT_CFA = 1  # the caller's rbp is saved at CFA + rbp_offset
     UNKNOWN = 2  # in another register or an expression: the caller's rbp cannot be recovered
+    AT_RBP = 3  # saved at rbp + rbp_offset (this frame's rbp): GCC's stack realignment
 
 
 @frozen

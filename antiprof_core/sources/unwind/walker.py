@@ -69,6 +69,12 @@ def step(registers: Registers, resolve: Resolver, read: Reader, leaf: bool) -> R
         rbp = read(cfa + row.rbp_offset)
         if rbp is None:
             return "bad_read"
+    elif row.rbp_kind == RbpKind.AT_RBP:
+        if registers.rbp is None:
+            return "rbp_unknown"
+        rbp = read(registers.rbp + row.rbp_offset)
+        if rbp is None:
+            return "bad_read"
     elif row.rbp_kind == RbpKind.UNKNOWN:
         rbp = None
     return Registers(return_address, cfa, rbp)
