@@ -142,6 +142,7 @@ class SamplerConfig:
     include_idle: bool = False
     max_stack_depth: int = field(default=127, validator=between(1, 127))
     max_stacks: int = field(default=0, validator=between(0, 10_000_000))  # 0: sized from frequency x CPUs x window
+    unwind_cache_dir: str = "/var/cache/antiprof/unwind"  # native unwind tables by build ID (0700); "": no cache
     synthetic: SyntheticConfig = field(factory=SyntheticConfig)
     replay: ReplayConfig = field(factory=ReplayConfig)
 
