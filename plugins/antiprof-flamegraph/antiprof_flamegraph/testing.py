@@ -1,0 +1,185 @@
+"""Headless Chromium driven over the DevTools protocol, for tests that look at a page as a person would.
+
+    with Chromium() as browser:
+        page = browser.open(path)
+        page.evaluate("document.title")
+        page.click(x, y); page.type_text("work"); page.screenshot(png_path)
+
+Chromium is Debian's (scripts/setup-system.sh installs it), started with a fresh profile, no
+network services, and a DevTools port chosen by the kernel (read from DevToolsActivePort).
+"""
+
+from __future__ import annotations
+
+import base64
+import itertools
+import json
+import shutil
+import subprocess
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import websocket
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--remote-debugging-port=0",
+    "--remote-allow-origins=*",
+)
+
+
+class BrowserError(RuntimeError):
+    pass
+
+
+def chromium_path() -> str | None:
+    return shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+class Page:
+    """One tab, spoken to through its own DevTools websocket."""
+
+    def __init__(self, url: str, timeout: float) -> None:
+        self.timeout = timeout
+        self._socket = websocket.create_connection(url, timeout=timeout, suppress_origin=True)
+        self._ids = itertools.count(1)
+        self.console: list[str] = []
+        self.errors: list[str] = []
+
+    def call(self, method: str, **params: Any) -> dict[str, Any]:
+        call_id = next(self._ids)
+        self._socket.send(json.dumps({"id": call_id, "method": method, "params": params}))
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            message = json.loads(self._socket.recv())
+            if message.get("id") == call_id:
+                if "error" in message:
+                    raise BrowserError(f"{method}: {message['error']}")
+                result: dict[str, Any] = message.get("result", {})
+                return result
+            self._note_event(message)
+        raise BrowserError(f"{method}: no answer in {self.timeout} s")
+
+    def _note_event(self, message: dict[str, Any]) -> None:
+        method = message.get("method")
+        if method == "Runtime.exceptionThrown":
+            details = message["params"]["exceptionDetails"]
+            self.errors.append(str(details.get("exception", {}).get("description") or details.get("text")))
+        elif method == "Runtime.consoleAPICalled":
+            self.console.append(" ".join(str(a.get("value", a.get("description"))) for a in message["params"]["args"]))
+
+    def evaluate(self, expression: str) -> Any:
+        """The value of a JavaScript expression (JSON-able), awaiting it if it is a promise."""
+        result = self.call("Runtime.evaluate", expression=expression, returnByValue=True, awaitPromise=True)
+        if "exceptionDetails" in result:
+            raise BrowserError(f"{expression!r} threw: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    def wait_for(self, expression: str, timeout: float | None = None) -> Any:
+        """Polls until the expression is truthy; returns its value."""
+        deadline = time.monotonic() + (timeout or self.timeout)
+        while True:
+            value = self.evaluate(expression)
+            if value:
+                return value
+            if time.monotonic() > deadline:
+                raise BrowserError(f"still false after waiting: {expression}")
+            time.sleep(0.05)
+
+    def click(self, x: float, y: float) -> None:
+        """A real mouse click (moved, pressed, released) at page coordinates."""
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+        for kind in ("mousePressed", "mouseReleased"):
+            self.call("Input.dispatchMouseEvent", type=kind, x=x, y=y, button="left", clickCount=1)
+
+    def hover(self, x: float, y: float) -> None:
+        self.call("Input.dispatchMouseEvent", type="mouseMoved", x=x, y=y)
+
+    def type_text(self, text: str) -> None:
+        """Typed into the focused element, as an input method would (fires input events)."""
+        self.call("Input.insertText", text=text)
+
+    def screenshot(self, path: Path) -> Path:
+        data = self.call("Page.captureScreenshot", format="png")["data"]
+        path.write_bytes(base64.b64decode(data))
+        return path
+
+    def close(self) -> None:
+        self._socket.close()
+
+
+class Chromium:
+    """A headless Chromium for the length of a ``with`` block; its profile directory is thrown away."""
+
+    def __init__(self, width: int = 1280, height: int = 800, timeout: float = 60.0) -> None:
+        self.width, self.height, self.timeout = width, height, timeout
+        self._profile: tempfile.TemporaryDirectory[str] | None = None
+        self._process: subprocess.Popen[bytes] | None = None
+        self.port = 0
+
+    def __enter__(self) -> Chromium:
+        binary = chromium_path()
+        if binary is None:
+            raise BrowserError("chromium is not installed (scripts/setup-system.sh installs it)")
+        self._profile = tempfile.TemporaryDirectory(prefix="antiprof-chromium-")
+        profile = Path(self._profile.name)
+        self._process = subprocess.Popen(
+            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={self.width},{self.height}",
+             "about:blank"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+        )
+        active = profile / "DevToolsActivePort"
+        deadline = time.monotonic() + self.timeout
+        while not (active.exists() and active.read_text().count("\n") >= 1):
+            if self._process.poll() is not None:
+                stderr = self._process.stderr.read().decode(errors="replace") if self._process.stderr else ""
+                raise BrowserError(f"chromium exited with {self._process.returncode}: {stderr.strip()[-500:]}")
+            if time.monotonic() > deadline:
+                raise BrowserError(f"chromium wrote no {active} in {self.timeout} s")
+            time.sleep(0.05)
+        self.port = int(active.read_text().splitlines()[0])
+        return self
+
+    def _endpoint(self, path: str, method: str = "GET") -> Any:
+        request = urllib.request.Request(f"http://127.0.0.1:{self.port}{path}", method=method)
+        with urllib.request.urlopen(request, timeout=self.timeout) as answer:
+            return json.loads(answer.read())
+
+    def open(self, path: Path) -> Page:
+        """A new tab showing ``path``, loaded, with its script errors collected in ``page.errors``."""
+        target = self._endpoint("/json/new?about:blank", method="PUT")
+        page = Page(target["webSocketDebuggerUrl"], self.timeout)
+        page.call("Runtime.enable")
+        page.call("Page.enable")
+        page.call(
+            "Emulation.setDeviceMetricsOverride", width=self.width, height=self.height, deviceScaleFactor=1, mobile=False
+        )
+        page.call("Page.navigate", url=path.resolve().as_uri())
+        page.wait_for("document.readyState === 'complete'")
+        return page
+
+    def __exit__(
+        self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
+    ) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            try:
+                self._process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+            if self._process.stderr:
+                self._process.stderr.close()
+        if self._profile is not None:
+            self._profile.cleanup()
