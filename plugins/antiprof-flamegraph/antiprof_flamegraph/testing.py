@@ -25,6 +25,9 @@ from typing import Any
 
 import websocket
 
+from antiprof_core.model import Frame, FrameKind, Mapping, Process, ProfileWindow, Sample
+from antiprof_core.sources.synthetic import synthetic_host
+
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",
@@ -162,9 +165,8 @@ class Chromium:
         page = Page(target["webSocketDebuggerUrl"], self.timeout)
         page.call("Runtime.enable")
         page.call("Page.enable")
-        page.call(
-            "Emulation.setDeviceMetricsOverride", width=self.width, height=self.height, deviceScaleFactor=1, mobile=False
-        )
+        size = {"width": self.width, "height": self.height, "deviceScaleFactor": 1, "mobile": False}
+        page.call("Emulation.setDeviceMetricsOverride", **size)
         page.call("Page.navigate", url=path.resolve().as_uri())
         page.wait_for("document.readyState === 'complete'")
         return page
@@ -183,3 +185,42 @@ class Chromium:
                 self._process.stderr.close()
         if self._profile is not None:
             self._profile.cleanup()
+
+
+# --- windows of a known shape -------------------------------------------------------------------
+
+APP = Mapping(0x400000, 0x500000, 0, "/usr/bin/app", "aa" * 20)
+LIBC = Mapping(0x7F0000000000, 0x7F0000200000, 0, "/usr/lib/x86_64-linux-gnu/libc.so.6", "bb" * 20)
+KERNEL_TEXT = Mapping(0xFFFFFFFF81000000, 0xFFFFFFFF82000000, 0, "[kernel.kallsyms]")
+JIT_AREA = Mapping(0x7E0000000000, 0x7E0000100000, 0, "//anon")
+
+
+def known_window(
+    stacks: dict[tuple[str, ...], int],
+    start_ns: int = 1_764_000_000_000_000_000,
+    duration_ns: int = 10_000_000_000,
+    process_name: str = "app",
+) -> ProfileWindow:
+    """A window whose stacks are given root first by name; the kind follows the name's prefix:
+    ``k:`` kernel, ``j:`` JIT, ``lib:`` native in libc, else native in /usr/bin/app."""
+    frames: dict[str, Frame] = {}
+
+    def frame(text: str) -> Frame:
+        if text not in frames:
+            address = 0x1000 * (len(frames) + 1)
+            if text.startswith("k:"):
+                frames[text] = Frame(KERNEL_TEXT.start + address, FrameKind.KERNEL, text[2:], 0, KERNEL_TEXT)
+            elif text.startswith("j:"):
+                frames[text] = Frame(JIT_AREA.start + address, FrameKind.JIT, text[2:], 0, JIT_AREA)
+            elif text.startswith("lib:"):
+                frames[text] = Frame(LIBC.start + address, FrameKind.NATIVE, text[4:], 0, LIBC)
+            else:
+                frames[text] = Frame(APP.start + address, FrameKind.NATIVE, text, 0, APP)
+        return frames[text]
+
+    samples = tuple(
+        Sample(pid=42, tid=42, cpu=0, thread_name=process_name, stack=tuple(frame(n) for n in reversed(path)), count=n)
+        for path, n in stacks.items()
+    )
+    process = Process(42, process_name, "/usr/bin/app", ("/usr/bin/app",), None, (APP, LIBC))
+    return ProfileWindow(start_ns, start_ns + duration_ns, 99, synthetic_host(), samples, {42: process})
