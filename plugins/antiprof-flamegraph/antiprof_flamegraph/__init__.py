@@ -16,6 +16,4 @@ def _make(config: FlameGraphConfig, context: ConsumerContext) -> Consumer:
 
 @hookimpl
 def antiprof_register_consumers(register: Register) -> None:
-    register(
-        ConsumerType("flamegraph", FlameGraphConfig, _make, "interactive HTML flame graphs, folded stacks, SVG")
-    )
+    register(ConsumerType("flamegraph", FlameGraphConfig, _make, "interactive HTML flame graphs, folded stacks, SVG"))

@@ -43,4 +43,4 @@ class FlameGraphConfig:
         if self.latest and (self.latest in (".", "..") or "/" in self.latest or "\0" in self.latest):
             raise FieldValueError("latest", f"must be a plain file name without '/', got {self.latest!r}")
         if not self.per_window and not self.latest:
-            raise FieldValueError("latest", "per_window = false and latest = \"\" would write nothing")
+            raise FieldValueError("latest", 'per_window = false and latest = "" would write nothing')

@@ -36,8 +36,10 @@ class _Metrics:
             "antiprof_flamegraph_files_written", "Flame graph files written", ["consumer", "format"], registry=registry
         )
         self.failed = Counter(
-            "antiprof_flamegraph_write_errors", "Flame graph files not written (disk full, permissions)",
-            ["consumer"], registry=registry,
+            "antiprof_flamegraph_write_errors",
+            "Flame graph files not written (disk full, permissions)",
+            ["consumer"],
+            registry=registry,
         )
 
 

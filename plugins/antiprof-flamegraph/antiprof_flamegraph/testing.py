@@ -137,8 +137,13 @@ class Chromium:
         self._profile = tempfile.TemporaryDirectory(prefix="antiprof-chromium-")
         profile = Path(self._profile.name)
         self._process = subprocess.Popen(
-            [binary, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", f"--window-size={self.width},{self.height}",
-             "about:blank"],
+            [
+                binary,
+                *CHROMIUM_FLAGS,
+                f"--user-data-dir={profile}",
+                f"--window-size={self.width},{self.height}",
+                "about:blank",
+            ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
         )

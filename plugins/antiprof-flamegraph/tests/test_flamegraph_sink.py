@@ -73,8 +73,10 @@ def test_the_html_page_is_self_contained_and_carries_every_sample(tmp_path: Path
     run_consumer(sink(tmp_path, per_window=False), [known_window(HOT)])
     page = (tmp_path / "flamegraph.html").read_text()
 
-    assert "<script src" not in page and "<link" not in page and "http://" not in page.replace(
-        'xmlns="http://www.w3.org/2000/svg"', ""
+    assert (
+        "<script src" not in page
+        and "<link" not in page
+        and "http://" not in page.replace('xmlns="http://www.w3.org/2000/svg"', "")
     )
     assert "default-src 'none'" in page  # a CSP that forbids any request
     data = re.search(r'<script type="application/json" id="flamegraph-data">(.*?)</script>', page, re.S)
@@ -91,14 +93,19 @@ def test_the_html_page_is_self_contained_and_carries_every_sample(tmp_path: Path
 
 def test_hostile_names_cannot_break_out_of_the_page(tmp_path: Path) -> None:
     evil = "</script><script>alert(1)</script><!--"
-    run_consumer(sink(tmp_path, per_window=False, formats=["html", "svg"]), [known_window({("main", evil): 5}, process_name=evil)])
+    run_consumer(
+        sink(tmp_path, per_window=False, formats=["html", "svg"]),
+        [known_window({("main", evil): 5}, process_name=evil)],
+    )
     page = (tmp_path / "flamegraph.html").read_text()
     assert "<script>alert(1)" not in page and "<!--" not in page
     assert "<script>alert" not in (tmp_path / "flamegraph.svg").read_text()
 
 
 def test_the_rolling_file_covers_the_last_span_only(tmp_path: Path) -> None:
-    windows = [known_window({("main", f"step{i}"): 10}, start_ns=1_764_000_000_000_000_000 + i * TEN_S) for i in range(4)]
+    windows = [
+        known_window({("main", f"step{i}"): 10}, start_ns=1_764_000_000_000_000_000 + i * TEN_S) for i in range(4)
+    ]
 
     run_consumer(sink(tmp_path, formats=["folded"], per_window=False, span="20s"), windows)
 
