@@ -192,6 +192,65 @@ class Chromium:
             self._profile.cleanup()
 
 
+# --- reading the drawn flame graph ---------------------------------------------------------------
+
+FRAMES_JS = """
+[...document.querySelectorAll('#flamegraph .frame')].map(e => {
+  const r = e.getBoundingClientRect();
+  return {text: e.textContent, left: r.left, width: r.width, top: r.top, classes: e.className,
+          colour: getComputedStyle(e).backgroundColor};
+})
+"""
+ROW = 18
+
+
+def require_chromium() -> None:
+    """Skip the calling test without Chromium; under CI (or ANTIPROF_REQUIRE_BPF=1), fail instead."""
+    import os
+
+    import pytest
+
+    if chromium_path() is None:
+        if os.environ.get("ANTIPROF_REQUIRE_BPF") == "1" or os.environ.get("CI"):
+            pytest.fail("chromium is not installed: scripts/setup-system.sh installs it")
+        pytest.skip("chromium is not installed (scripts/setup-system.sh installs it)")
+
+
+def frames(page: Page) -> list[dict[str, Any]]:
+    found: list[dict[str, Any]] = page.evaluate(FRAMES_JS)
+    return found
+
+
+def named(page: Page, name: str) -> dict[str, Any]:
+    [frame] = [f for f in frames(page) if f["text"] == name]
+    return frame
+
+
+def children(all_frames: list[dict[str, Any]], parent: dict[str, Any]) -> list[dict[str, Any]]:
+    """Frames one row below ``parent`` and inside its horizontal extent: its callees."""
+    return [
+        f
+        for f in all_frames
+        if abs(f["top"] - parent["top"] - ROW) < 1
+        and f["left"] >= parent["left"] - 0.5
+        and f["left"] + f["width"] <= parent["left"] + parent["width"] + 0.5
+    ]
+
+
+def widest_path(all_frames: list[dict[str, Any]]) -> list[str]:
+    """From the root down, always into the widest callee: where the time goes."""
+    [node] = [f for f in all_frames if f["text"] == "all"]
+    path = [node["text"]]
+    while kids := children(all_frames, node):
+        node = max(kids, key=lambda f: f["width"])
+        path.append(node["text"])
+    return path
+
+
+def centre(frame: dict[str, Any]) -> tuple[float, float]:
+    return frame["left"] + frame["width"] / 2, frame["top"] + ROW / 2 - 1
+
+
 # --- windows of a known shape -------------------------------------------------------------------
 
 APP = Mapping(0x400000, 0x500000, 0, "/usr/bin/app", "aa" * 20)
