@@ -43,9 +43,8 @@ def subtitle(heading: Heading, samples: int) -> str:
 # --- HTML -----------------------------------------------------------------------------------
 
 
-def tree_payload(tree: FlatTree, table: LabelTable, max_boxes: int) -> dict[str, object]:
+def tree_payload(tree: FlatTree, table: LabelTable) -> dict[str, object]:
     """The boxes as flat arrays the page rebuilds: a label table and preorder (label, value, depth) triples."""
-    tree = tree.pruned(max_boxes)
     kinds = {kind: i for i, kind in enumerate(KINDS)}
     local: dict[int, int] = {}
     labels: list[list[object]] = []
@@ -69,12 +68,15 @@ def _script_json(value: object) -> str:
 _SLOT = re.compile(r"/\*@(\w+)@\*/|\{\{(\w+)\}\}")
 
 
-def render_html(tree: FlatTree, table: LabelTable, heading: Heading, max_boxes: int = 100_000) -> str:
-    """One self-contained page: no request leaves it (scripts, styles and data are inline)."""
+def render_html(tree: FlatTree, table: LabelTable, heading: Heading) -> str:
+    """One self-contained page: no request leaves it (scripts, styles and data are inline).
+
+    Every box of ``tree`` is in it: cut big trees with ``flatten(folded, max_boxes)`` first.
+    """
     slots = {
         "STYLE": _asset("flamegraph.css"),
         "SCRIPT": _asset("flamegraph.js"),
-        "DATA": _script_json(tree_payload(tree, table, max_boxes)),
+        "DATA": _script_json(tree_payload(tree, table)),
         "TITLE": html.escape(heading.title),
         "SUBTITLE": html.escape(subtitle(heading, tree.total)),
     }

@@ -119,10 +119,10 @@ class FlameGraphSink(Consumer):
     def _render(self, output: OutputFormat, folded: Folded, heading: Heading) -> bytes:
         if output is OutputFormat.FOLDED:
             return render_folded(folded, self.labels).encode()
-        tree = flatten([folded])
+        tree = flatten(folded, self.config.max_nodes)
         if output is OutputFormat.SVG:
             return render_svg(tree, self.labels, heading).encode()
-        return render_html(tree, self.labels, heading, self.config.max_nodes).encode()
+        return render_html(tree, self.labels, heading).encode()
 
     def _write_window(self, directory_fd: int, current: _Window) -> None:
         heading = Heading(self.title, current.start_ns, current.end_ns)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import heapq
+import itertools
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 
 from attrs import frozen
 
@@ -132,20 +134,6 @@ class FlatTree:
     def total(self) -> int:
         return self.values[0] if self.values else 0
 
-    def pruned(self, max_boxes: int) -> FlatTree:
-        """At most ``max_boxes`` boxes: the narrowest go, their parents keep their width.
-
-        A child is never wider than its parent, so keeping every box at or above one width
-        keeps whole paths from the root.
-        """
-        if len(self.values) <= max_boxes:
-            return self
-        ranked = sorted(self.values, reverse=True)
-        cut = ranked[max_boxes - 1]
-        if ranked[max_boxes] == cut:
-            cut += 1  # ties past the budget all go
-        return self.at_least(cut)
-
     def at_least(self, min_value: int) -> FlatTree:
         """Only boxes at least ``min_value`` wide (whole paths from the root, as children are narrower)."""
         keep = [i for i, value in enumerate(self.values) if value >= min_value]
@@ -162,32 +150,75 @@ class FlatTree:
         return kids
 
 
-def flatten(foldeds: Iterable[Folded]) -> FlatTree:
-    """One walk over the sorted paths: a box opens where a path leaves the previous one's prefix."""
-    merged: Folded = {}
-    for folded in foldeds:
-        if not merged:
-            merged = dict(folded)
-        else:
-            add_into(merged, folded)
-    labels, values, depths, parents = [0], [0], [0], [-1]
+def flatten(folded: Folded, max_boxes: int | None = None) -> FlatTree:
+    """The boxes of a flame graph, in preorder: the ``max_boxes`` widest (ties: those nearer the root first).
+
+    Paths are sorted once; a box is a run of paths sharing a prefix and its width is a difference
+    of prefix sums. Boxes are opened level by level while a heap keeps the ``max_boxes`` widest
+    widths seen so far: once it is full, a box no wider than the narrowest of those can never be
+    drawn, nor can anything under it, so most of a huge, flat profile is never walked.
+    """
+    paths = sorted(folded)
+    cum = list(itertools.accumulate((folded[path] for path in paths), initial=0))
+    labels, values, depths, parents = [0], [cum[-1]], [0], [-1]  # box 0 is the root
+    kids: list[list[int]] = [[]]
+    budget = max_boxes if max_boxes is not None else -1
+    widest: list[int] = []  # min-heap of the `budget` widest widths so far
+    level = [(0, 0, len(paths))]  # (box, first path, past its last path) of the boxes to open now
+    depth = 0
     with no_gc():
-        stack = [0]  # box index per depth of the current path (root at 0)
-        previous: Stack = ()
-        for path in sorted(merged):
-            common = 0
-            limit = min(len(path), len(previous))
-            while common < limit and path[common] == previous[common]:
-                common += 1
-            del stack[common + 1 :]
-            for depth in range(common, len(path)):
-                parents.append(stack[-1])
-                stack.append(len(labels))
-                labels.append(path[depth])
-                values.append(0)
-                depths.append(depth + 1)
-            values[stack[-1]] += merged[path]  # self samples first; totals roll up below
-            previous = path
-        for box in range(len(values) - 1, 0, -1):
-            values[parents[box]] += values[box]
-    return FlatTree(labels, values, depths)
+        while level:
+            below = []
+            for box, low, high in level:
+                i = low
+                while i < high and len(paths[i]) == depth:  # paths ending at this box: its self samples
+                    i += 1
+                while i < high:
+                    label = paths[i][depth]
+                    j = i + 1
+                    while j < high and paths[j][depth] == label:
+                        j += 1
+                    value = cum[j] - cum[i]
+                    if len(widest) < budget:
+                        heapq.heappush(widest, value)
+                    elif budget >= 0:
+                        if value <= widest[0]:
+                            i = j
+                            continue  # as wide as the narrowest of `budget` boxes nearer the root: never drawn
+                        heapq.heapreplace(widest, value)
+                    child = len(labels)
+                    labels.append(label)
+                    values.append(value)
+                    depths.append(depth + 1)
+                    parents.append(box)
+                    kids.append([])
+                    kids[box].append(child)
+                    below.append((child, i, j))
+                    i = j
+            floor = widest[0] if budget >= 0 and len(widest) == budget else 0
+            level = [entry for entry in below if values[entry[0]] > floor or not floor]
+            depth += 1
+    keep = _widest(values, parents, budget, widest[0] if widest else 0)
+    order: list[int] = []
+    pending = [0]
+    while pending:
+        box = pending.pop()
+        order.append(box)
+        pending.extend(child for child in reversed(kids[box]) if keep[child])
+    return FlatTree([labels[b] for b in order], [values[b] for b in order], [depths[b] for b in order])
+
+
+def _widest(values: list[int], parents: list[int], budget: int, cut: int) -> list[bool]:
+    """Which boxes (numbered root first, level by level) make the cut: wider than ``cut`` (the
+    ``budget``-th widest), then ties in box order, so a parent always goes before its children."""
+    if budget < 0 or len(values) <= budget:
+        return [True] * len(values)
+    room = budget - sum(1 for value in values if value > cut)
+    keep = [False] * len(values)
+    for box, value in enumerate(values):
+        if value > cut:
+            keep[box] = True
+        elif value == cut and room > 0 and (box == 0 or keep[parents[box]]):
+            keep[box] = True
+            room -= 1
+    return keep
