@@ -11,6 +11,7 @@ import contextlib
 import errno
 import os
 import weakref
+from collections.abc import Iterator
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter
@@ -20,7 +21,7 @@ from antiprof_core.model import ProfileWindow
 from antiprof_flamegraph import files, naming
 from antiprof_flamegraph.config import FlameGraphConfig, OutputFormat
 from antiprof_flamegraph.render import Heading, render_folded, render_html, render_svg
-from antiprof_flamegraph.stacks import Folded, LabelTable, add_into, flatten, fold_window
+from antiprof_flamegraph.stacks import FlatTree, Folded, LabelTable, add_into, flatten, fold_window
 
 _MAX_SAME_SECOND = 1000
 _COMPACT_LABELS_OVER = 500_000  # and over 4x the labels the span still uses
@@ -73,6 +74,7 @@ class FlameGraphSink(Consumer):
         self.recent: collections.deque[_Window] = collections.deque()
         self.span_counts: Folded = {}  # the sum of recent windows' paths, kept up to date
         self.files_written: list[Path] = []
+        self._target = self.directory
         metrics = _metrics(context.metrics)
         self._files_metric = {f: metrics.files.labels(context.name, f.value) for f in config.formats}
         self._failed_metric = metrics.failed.labels(context.name)
@@ -86,21 +88,19 @@ class FlameGraphSink(Consumer):
     def consume(self, window: ProfileWindow) -> None:
         current = _Window(window.start_ns, window.end_ns, fold_window(window, self.labels))
         self._remember(current)
-        where: Path = self.directory
+        self._target = self.directory  # what the error names if a write fails
         try:
             directory_fd = files.open_directory(self.directory)
             try:
                 if self.config.per_window and current.folded:
                     self._write_window(directory_fd, current)
                 if self.config.latest:
-                    where = self.directory / self.config.latest
                     self._write_latest(directory_fd)
             finally:
                 os.close(directory_fd)
         except OSError as exc:
             self._failed_metric.inc()
-            name = self.directory / exc.filename if isinstance(exc.filename, str) else where
-            raise FlameGraphWriteError(f"cannot write {name}: {exc.strerror or exc}") from None
+            raise FlameGraphWriteError(f"cannot write {self._target}: {exc.strerror or exc}") from None
 
     def _remember(self, current: _Window) -> None:
         self.recent.append(current)
@@ -116,20 +116,25 @@ class FlameGraphSink(Consumer):
                 for kept, folded in zip(self.recent, foldeds[1:], strict=True):
                     kept.folded = folded
 
-    def _render(self, output: OutputFormat, folded: Folded, heading: Heading) -> bytes:
-        if output is OutputFormat.FOLDED:
-            return render_folded(folded, self.labels).encode()
-        tree = flatten(folded, self.config.max_nodes)
-        if output is OutputFormat.SVG:
-            return render_svg(tree, self.labels, heading).encode()
-        return render_html(tree, self.labels, heading).encode()
+    def _render_all(self, folded: Folded, heading: Heading) -> Iterator[tuple[OutputFormat, bytes]]:
+        tree: FlatTree | None = None  # built once for HTML and SVG
+        for output in self.config.formats:
+            if output is OutputFormat.FOLDED:
+                yield output, render_folded(folded, self.labels).encode()
+                continue
+            if tree is None:
+                tree = flatten(folded, self.config.max_nodes)
+            if output is OutputFormat.SVG:
+                yield output, render_svg(tree, self.labels, heading).encode()
+            else:
+                yield output, render_html(tree, self.labels, heading).encode()
 
     def _write_window(self, directory_fd: int, current: _Window) -> None:
         heading = Heading(self.title, current.start_ns, current.end_ns)
-        for output in self.config.formats:
-            content = self._render(output, current.folded, heading)
+        for output, content in self._render_all(current.folded, heading):
             for sequence in range(_MAX_SAME_SECOND):
                 name = naming.window_file_name(self.context.host.hostname, current.start_ns, output.suffix, sequence)
+                self._target = self.directory / name
                 try:
                     files.write_new(directory_fd, name, content)
                 except FileExistsError:
@@ -143,10 +148,11 @@ class FlameGraphSink(Consumer):
     def _write_latest(self, directory_fd: int) -> None:
         windows = list(self.recent)
         heading = Heading(self.title, windows[0].start_ns, windows[-1].end_ns, len(windows))
-        for output in self.config.formats:
+        for output, content in self._render_all(self.span_counts, heading):
             name = self.config.latest + output.suffix
-            files.replace(directory_fd, name, self._render(output, self.span_counts, heading))
-            self._wrote(output, self.directory / name)
+            self._target = self.directory / name
+            files.replace(directory_fd, name, content)
+            self._wrote(output, self._target)
 
     def _wrote(self, output: OutputFormat, path: Path) -> None:
         if path not in self.files_written:

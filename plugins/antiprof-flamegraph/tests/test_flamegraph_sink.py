@@ -202,3 +202,12 @@ def test_directory_is_created_0700_even_with_a_permissive_umask(tmp_path: Path) 
     finally:
         os.umask(old)
     assert stat.S_IMODE((tmp_path / "a" / "b").stat().st_mode) == 0o700
+
+
+def test_a_failed_rewrite_names_the_file_and_leaves_no_temporary(tmp_path: Path) -> None:
+    (tmp_path / "flamegraph.html").mkdir()  # something that cannot be replaced by a file
+    consumer = sink(tmp_path, per_window=False)
+    consumer.start()
+    with pytest.raises(FlameGraphWriteError, match=rf"^cannot write {tmp_path / 'flamegraph.html'}: Is a directory$"):
+        consumer.consume(known_window(HOT))
+    assert [p.name for p in tmp_path.iterdir()] == ["flamegraph.html"]
