@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
 import time
 from pathlib import Path
@@ -100,7 +101,7 @@ def test_record_on_a_terminal_shows_a_live_progress_bar(tmp_path: Path) -> None:
     program = build_two_function_workload(tmp_path)
     workload = subprocess.Popen([str(program), "60"])
     typescript = tmp_path / "typescript"
-    command = " ".join(antiprof_command("record", "-d", "3s", "-p", str(workload.pid), "-o", str(tmp_path / "out")))
+    command = shlex.join(antiprof_command("record", "-d", "3s", "-p", str(workload.pid), "-o", str(tmp_path / "out")))
     try:
         result = subprocess.run(
             ["script", "--quiet", "--return", "--command", command, str(typescript)],
