@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
-import glob
 import json
 import os
 import re
 import signal
 import sys
+import time
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import tomli_w
 from rich.console import Console
+from rich.logging import RichHandler
 from rich.markup import escape
 from rich.table import Table
 
@@ -27,8 +28,9 @@ from antiprof_core.config import (
     load_config,
     resolve_config_path,
 )
-from antiprof_core.logs import configure_logging
+from antiprof_core.logs import TextFormatter, configure_logging
 from antiprof_core.plugins import LoadedPlugins, load_plugins
+from antiprof_core.recording import SampleCounter, show_progress, snapshot, written_since
 from antiprof_core.summary import HottestFunctions
 from antiprof_core.terminal import terminal_safe
 from antiprof_core.units import Duration, parse_duration
@@ -146,7 +148,14 @@ def run(config_path: str | None, duration: Duration | None, log_format: str, log
 
 
 @main.command()
-@click.option("-d", "--duration", type=DurationParam(), default="10s", show_default=True)
+@click.option(
+    "-d",
+    "--duration",
+    type=DurationParam(),
+    default="10s",
+    show_default=True,
+    help="How long to sample, with a unit: 500ms, 10s, 2m.",
+)
 @click.option(
     "-F",
     "--frequency",
@@ -156,7 +165,15 @@ def run(config_path: str | None, duration: Duration | None, log_format: str, log
     help="Samples per second per CPU.",
 )
 @click.option("-p", "--pid", "pids", type=click.IntRange(1), multiple=True, help="Only this process (repeatable).")
-@click.option("-o", "--output", "output_dir", default=DEFAULT_RECORD_DIR, show_default=True, metavar="DIR")
+@click.option(
+    "-o",
+    "--output",
+    "output_dir",
+    default=DEFAULT_RECORD_DIR,
+    show_default=True,
+    metavar="DIR",
+    help="Directory for perf.data, flamegraph.html and the JSON lines (created 0700).",
+)
 @click.option(
     "--source",
     type=click.Choice(["bpf", "synthetic"]),
@@ -176,23 +193,15 @@ def record(
     log_format: str,
     log_level: str,
 ) -> None:
-    """Profile now, write to the default sinks in DIR, then print the hottest functions."""
+    """Profile now, write perf.data, flamegraph.html and JSON lines to DIR, then print the hottest functions."""
     logger = configure_logging(log_format, log_level)
+    pids = _existing_pids(pids)
     plugins = _plugins()
     out = Path(output_dir)
-    consumers: dict[str, dict[str, Any]] = {}
-    if "perfdata" in plugins.types:
-        consumers["perfdata"] = {"output_dir": str(out)}
-    if "json" in plugins.types:
-        consumers["json"] = {"path": str(out / "antiprof.jsonl")}
+    window = Duration(min(float(duration), RECORD_WINDOW_SECONDS))
     data = {
-        "sampler": {
-            "source": source,
-            "frequency_hz": frequency,
-            "pids": list(pids),
-            "window": str(Duration(min(float(duration), 10.0))),
-        },
-        "consumers": consumers,
+        "sampler": {"source": source, "frequency_hz": frequency, "pids": list(pids), "window": str(window)},
+        "consumers": _record_consumers(plugins, out, duration, window),
     }
     try:
         out.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -201,15 +210,77 @@ def record(
         _fail(error.lines(), EXIT_USAGE)
     except OSError as exc:
         _fail([f"{out}: cannot create the output directory: {exc.strerror}"], 1)
-    summary = HottestFunctions()
-    agent = Agent(config, logger, extra_consumers=[("summary", summary)], plugins=plugins.manager)
-    code = _run_agent(agent, float(duration))
+    before = snapshot(out)
+    summary, counter = HottestFunctions(), SampleCounter()
+    agent = Agent(
+        config,
+        logger,
+        extra_consumers=[("summary", summary), ("progress", counter)],
+        plugins=plugins.manager,
+    )
+    starting = "compiling the BPF program…" if source == "bpf" else "starting the synthetic source…"
+    with show_progress(counter, float(duration), starting) as live_console:
+        if live_console is not None and log_format == "text":  # log lines above the live bar, not through it
+            handler = RichHandler(console=live_console, show_path=False)
+            handler.setFormatter(TextFormatter())  # process-chosen text stays escaped
+            logger.handlers[:] = [handler]
+        code = _run_agent(agent, float(duration))
     _print_hottest(summary, top)
-    for perf_file in sorted(glob.glob(str(out / "*.perf.data"))):
-        stdout.print(f"perf.data written: [bold]perf report -i {_shown(perf_file)}[/bold]")
-    if "json" in consumers:
-        stdout.print(f"JSON lines written: {_shown(consumers['json']['path'])}")
+    _print_written(written_since(out, before))
     sys.exit(code)
+
+
+RECORD_WINDOW_SECONDS = 1.0  # short windows, so the sample count in the progress line moves
+
+
+def _existing_pids(pids: tuple[int, ...]) -> tuple[int, ...]:
+    """The -p processes that exist now; none at all is an error, a few missing is a warning."""
+    if not pids:
+        return pids
+    alive = tuple(pid for pid in pids if os.path.isdir(f"/proc/{pid}"))
+    missing = ", ".join(str(pid) for pid in pids if pid not in alive)
+    if not alive:
+        _fail([f"no such process: {missing} (-p); nothing to profile"], 1)
+    if missing:
+        click.echo(f"antiprof: warning: no such process: {missing} (-p); profiling the others", err=True)
+    return alive
+
+
+def _record_consumers(plugins: LoadedPlugins, out: Path, duration: Duration, window: Duration) -> dict[str, Any]:
+    """perf.data, one flame graph of the whole run, and JSON lines in a file of this run's own."""
+    consumers: dict[str, dict[str, Any]] = {}
+    if "perfdata" in plugins.types:
+        consumers["perfdata"] = {"output_dir": str(out)}
+    if "flamegraph" in plugins.types:
+        consumers["flamegraph"] = {
+            "output_dir": str(out),
+            "per_window": False,
+            "latest": "flamegraph",
+            "span": str(Duration(float(duration) + float(window) + 60.0)),  # the whole run, and a margin
+            "title": "antiprof record",
+        }
+    if "json" in plugins.types:
+        stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        path = out / f"antiprof-{stamp}.jsonl"
+        sequence = 1
+        while path.exists() or path.is_symlink():
+            path, sequence = out / f"antiprof-{stamp}-{sequence}.jsonl", sequence + 1
+        consumers["json"] = {"path": str(path)}
+    return consumers
+
+
+def _print_written(paths: list[Path]) -> None:
+    """Only what this run wrote: older runs' files in the same directory are not listed."""
+    for path in paths:
+        shown = _shown(str(path))
+        if path.name.endswith(".perf.data"):
+            stdout.print(f"perf.data written: [bold]perf report -i {shown}[/bold]")
+        elif path.suffix == ".html":
+            stdout.print(f"Flame graph written: [bold]{shown}[/bold] (open it in a browser)")
+        elif path.suffix == ".jsonl":
+            stdout.print(f"JSON lines written: {shown}")
+        else:
+            stdout.print(f"Written: {shown}")
 
 
 def _print_hottest(summary: HottestFunctions, limit: int) -> None:

@@ -99,7 +99,9 @@ def test_record_prints_the_hottest_functions(run_cli, tmp_path: Path) -> None:  
     assert result.returncode == 0, result.stderr
     assert "Hottest functions" in result.stdout
     assert "synthetic_" in result.stdout
-    assert (tmp_path / "out" / "antiprof.jsonl").exists()
+    [json_file] = (tmp_path / "out").glob("antiprof-*.jsonl")  # one file per run, never an old one appended to
+    assert f"JSON lines written: {json_file}" in result.stdout
+    assert f"Flame graph written: {tmp_path / 'out' / 'flamegraph.html'}" in result.stdout
 
 
 def test_metrics_are_served_for_prometheus(tmp_path: Path) -> None:
