@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 from typing import Any, NoReturn
 
+import attrs
 import click
 import tomli_w
 from rich.console import Console
@@ -195,7 +196,6 @@ def record(
 ) -> None:
     """Profile now, write perf.data, flamegraph.html and JSON lines to DIR, then print the hottest functions."""
     logger = configure_logging(log_format, log_level)
-    pids = _existing_pids(pids)
     plugins = _plugins()
     out = Path(output_dir)
     window = Duration(min(float(duration), RECORD_WINDOW_SECONDS))
@@ -204,10 +204,14 @@ def record(
         "consumers": _record_consumers(plugins, out, duration, window),
     }
     try:
-        out.mkdir(mode=0o700, parents=True, exist_ok=True)
         config = build_config(data, plugins.catalog, os.environ)
     except ConfigError as error:
         _fail(error.lines(), EXIT_USAGE)
+    alive = _existing_pids(pids)  # after the config check: a PID out of range is a usage error, not a missing one
+    if alive != config.sampler.pids:
+        config = attrs.evolve(config, sampler=attrs.evolve(config.sampler, pids=alive))
+    try:
+        out.mkdir(mode=0o700, parents=True, exist_ok=True)
     except OSError as exc:
         _fail([f"{out}: cannot create the output directory: {exc.strerror}"], 1)
     before = snapshot(out)

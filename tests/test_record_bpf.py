@@ -19,7 +19,8 @@ pytestmark = pytest.mark.bpf
 ROW = re.compile(r"│\s*([\d.]+)%\s*│\s*([\d.]+)%\s*│\s*(\d+)\s*│\s*(\S+)\s*│\s*(\S*)\s*│")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PLAIN_PROGRESS = re.compile(r"^antiprof: sampling: (\d+)s elapsed, (\d+)s left, ([\d,]+) samples$", re.M)
-NO_SUCH_PID = 4_194_305  # above the kernel's largest pid_max
+# A valid PID (1..2^22) that no process has: the highest one free now, far above what the kernel hands out.
+NO_SUCH_PID = next(pid for pid in range(4_194_304, 1, -1) if not os.path.exists(f"/proc/{pid}"))
 
 
 def test_record_prints_shares_and_only_the_files_of_this_run(tmp_path: Path) -> None:
