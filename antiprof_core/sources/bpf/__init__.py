@@ -7,4 +7,4 @@ from antiprof_core.sources.bpf.availability import bpf_unavailable_reason
 from antiprof_core.sources.bpf.program import COUNTER_NAMES, bpf_source, online_cpus, stack_map_size
 from antiprof_core.sources.bpf.sampler import BpfSampler
 
-__all__ = ["COUNTER_NAMES", "BpfSampler", "bpf_source", "online_cpus", "stack_map_size", "bpf_unavailable_reason"]
+__all__ = ["COUNTER_NAMES", "BpfSampler", "bpf_source", "bpf_unavailable_reason", "online_cpus", "stack_map_size"]

@@ -51,10 +51,15 @@ def _child_main(fd: int) -> int:
     try:
         bpf = BPF(text=request["text"].encode(), cflags=request["cflags"])
         program = bpf.load_func(request["function"].encode(), PERF_EVENT_PROGRAM)
-        map_fds = [bpf.get_table(name.encode()).map_fd for name in request["maps"]]
     except Exception as exc:
         sys.stderr.flush()
         return reply({"error": f"the BPF program failed to compile or load: {_first_line(exc)}"})
+    map_fds = []
+    for name in request["maps"]:
+        try:
+            map_fds.append(bpf.get_table(name.encode()).map_fd)
+        except KeyError:
+            return reply({"error": f"the BPF program declares no map '{name}'"})
     return reply(
         {"maps": request["maps"], "peak_bytes": _peak_bytes()},
         (program.fd, *map_fds),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -115,14 +116,29 @@ def _map_info(name: str, fd: int) -> MapInfo:
     )
 
 
+# Lines of a verifier log that trace its walk rather than say what it refused.
+_VERIFIER_TRACE = re.compile(
+    r"^(\d+: |\d+$|; |cur state|old state|processed \d+ insns|verification time|stack depth|from \d+ to \d+"
+    r"|mark_precise|last_idx|regs=|parent |func#|frame\d+|R\d+[_ =])"
+)
+
+
 def _error_line(reply: dict[str, Any], diagnostics: str, returncode: int | None) -> str:
-    """One line: the child's message, with clang's first error when there is one."""
+    """One line: the child's message, and what the compiler or the verifier said was wrong."""
     message = str(reply.get("error") or f"the BPF compiler child exited with status {returncode} and no answer")
-    clang_error = next((line.strip() for line in diagnostics.splitlines() if " error: " in line), None)
+    detail = _compiler_detail(diagnostics)
+    return f"{message}: {detail}" if detail else message
+
+
+def _compiler_detail(diagnostics: str) -> str | None:
+    """clang's first error; else the verifier's reason; else the compiler's last line."""
+    lines = [line.strip() for line in diagnostics.splitlines() if line.strip()]
+    clang_error = next((line for line in lines if "error: " in line), None)
     if clang_error:
-        message = f"{message}: {clang_error}"
-    elif not reply:
-        last = [line.strip() for line in diagnostics.splitlines() if line.strip()]
-        if last:
-            message = f"{message}: {last[-1]}"
-    return message
+        return clang_error
+    rejected = [n for n, line in enumerate(lines) if line.startswith("bpf: Failed to load program")]
+    if rejected:
+        reasons = [line for line in lines[rejected[-1] + 1 :] if not _VERIFIER_TRACE.match(line)]
+        if reasons:
+            return reasons[-1]
+    return lines[-1] if lines else None

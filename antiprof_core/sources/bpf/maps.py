@@ -69,7 +69,9 @@ class HashMap:
         info = self.info
         while True:
             try:
-                count, done = syscalls.lookup_and_delete_batch(info.fd, token, first, self._keys, self._values, batch)
+                count, done = syscalls.lookup_and_delete_batch(
+                    info.fd, token, first, self._keys, self._values, batch
+                )
             except syscalls.BpfError as exc:
                 if exc.errno == errno.ENOSPC and batch < info.max_entries:  # one bucket holds more than a batch
                     batch = min(2 * batch, info.max_entries)
@@ -79,7 +81,8 @@ class HashMap:
                 raise
             first = False
             if count:
-                yield ct.string_at(self._keys, count * info.key_size), ct.string_at(self._values, count * info.value_size)
+                keys = ct.string_at(self._keys, count * info.key_size)
+                yield keys, ct.string_at(self._values, count * info.value_size)
             if done:
                 return
 
@@ -153,10 +156,3 @@ class RingBuffer:
         self._producer.close()
         self._consumer.close()
 
-
-def close_fds(fds: list[int]) -> None:
-    for fd in fds:
-        try:
-            os.close(fd)
-        except OSError:
-            pass

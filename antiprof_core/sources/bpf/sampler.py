@@ -247,7 +247,11 @@ class BpfSampler:
         if self.trace:
             raw = self._take_events(drained)
         else:
-            raw = [(key, count, ()) for keys, values in self._counts[drained].drain() for key, count in decode_counts(keys, values)]
+            raw = [
+                (key, count, ())
+                for keys, values in self._counts[drained].drain()
+                for key, count in decode_counts(keys, values)
+            ]
         stacks: dict[int, tuple[int, ...]] = {}
         for keys, values in self._stacks[drained].drain():
             decode_stacks(keys, values, self.config.max_stack_depth, stacks)

@@ -69,7 +69,8 @@ def build_window(
             )
         )
     processes: dict[int, Process] = {
-        pid: Process(pid=0, name="swapper") if pid == 0 else symbolizer.process(pid, name) for pid, name in names.items()
+        pid: Process(pid=0, name="swapper") if pid == 0 else symbolizer.process(pid, name)
+        for pid, name in names.items()
     }
     return ProfileWindow(
         start_ns=start_ns,
