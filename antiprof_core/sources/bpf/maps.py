@@ -61,7 +61,7 @@ class HashMap:
     def delete(self, key: ct._CData) -> bool:
         return syscalls.delete(self.info.fd, key)
 
-    def drain(self) -> Iterator[tuple[bytes, bytes]]:
+    def drain(self) -> Iterator[tuple[memoryview, memoryview]]:
         """Read and delete every entry: (all keys' bytes, all values' bytes) per batch syscall."""
         token = ct.c_uint64(0)
         first = True
@@ -80,9 +80,9 @@ class HashMap:
                     continue
                 raise
             first = False
-            if count:
-                keys = ct.string_at(self._keys, count * info.key_size)
-                yield keys, ct.string_at(self._values, count * info.value_size)
+            if count:  # views of this map's buffers: valid until the next batch is read
+                keys = memoryview(self._keys)[: count * info.key_size]
+                yield keys, memoryview(self._values)[: count * info.value_size]
             if done:
                 return
 

@@ -5,8 +5,10 @@ Pure data and arithmetic: nothing here loads or reads BPF.
 
 from __future__ import annotations
 
+import functools
 import importlib.resources
 import struct
+from collections.abc import Mapping
 from pathlib import Path
 
 from antiprof_core.config import SamplerConfig
@@ -38,6 +40,7 @@ PROGRAM_FUNCTION = "on_sample"
 SAMPLE_KEY = struct.Struct(f"=IIIxxxxQQ{TASK_COMM_LEN}s")
 # struct sample_event: ktime_ns, set, (pad), then the key
 SAMPLE_EVENT = struct.Struct(f"=QIxxxxIIIxxxxQQ{TASK_COMM_LEN}s")
+_DEPTH = struct.Struct("=I")  # struct stack_value starts with its depth
 RawKey = tuple[int, int, int, int, int, bytes]  # tgid, tid, cpu, user stack, kernel stack, comm
 
 
@@ -116,21 +119,39 @@ def online_cpus(path: Path = Path("/sys/devices/system/cpu/online")) -> list[int
     return cpus
 
 
-def decode_counts(keys: bytes, values: bytes) -> list[tuple[RawKey, int]]:
+def decode_counts(keys: bytes | memoryview, values: bytes | memoryview) -> list[tuple[RawKey, int]]:
     """One batch of the counts map: every sample key with its count."""
-    counts = memoryview(values).cast("Q").tolist()
+    counts = memoryview(values).cast("B").cast("Q").tolist()
     return list(zip(SAMPLE_KEY.iter_unpack(keys), counts, strict=True))
 
 
-def decode_stacks(keys: bytes, values: bytes, max_stack_depth: int, into: dict[int, tuple[int, ...]]) -> None:
-    """One batch of a stacks map into ``into``: stack hash -> addresses, leaf first."""
-    hashes = memoryview(keys).cast("Q").tolist()
-    words = memoryview(values).cast("Q")
-    stride = 1 + max_stack_depth
+@functools.cache
+def _addresses(depth: int) -> struct.Struct:
+    return struct.Struct(f"={depth}Q")
+
+
+def decode_stacks(
+    keys: bytes | memoryview,
+    values: bytes | memoryview,
+    max_stack_depth: int,
+    into: dict[int, tuple[int, ...]],
+    known: Mapping[int, tuple[int, ...]],
+) -> None:
+    """One batch of a stacks map into ``into``: stack hash -> addresses, leaf first.
+
+    A hash names its addresses (it is computed from them), so a stack in ``known`` (the last
+    window's) is taken from there: no new int objects for the stacks a steady host repeats.
+    """
+    hashes = memoryview(keys).cast("B").cast("Q").tolist()
+    stride = 8 + 8 * max_stack_depth
+    depth_of = _DEPTH.unpack_from
     for index, stack_hash in enumerate(hashes):
-        base = index * stride
-        depth = min(words[base] & 0xFFFFFFFF, max_stack_depth)
-        into[stack_hash] = tuple(words[base + 1 : base + 1 + depth])
+        addresses = known.get(stack_hash)
+        if addresses is None:
+            offset = index * stride
+            depth = min(depth_of(values, offset)[0], max_stack_depth)
+            addresses = _addresses(depth).unpack_from(values, offset + 8)
+        into[stack_hash] = addresses
 
 
 def decode_event(record: bytes) -> tuple[int, int, RawKey]:

@@ -83,6 +83,7 @@ class BpfSampler:
         self._active = 0
         self._window_start = 0
         self._counter_totals = [[0] * len(COUNTER_NAMES) for _ in range(2)]
+        self._last_stacks: dict[int, tuple[int, ...]] = {}  # the last window's, by hash
         self._lock = threading.Lock()
         self._new_tgids: list[int] = []
         self._events: list[tuple[int, int, RawKey]] = []  # (set, ktime, key)
@@ -254,7 +255,8 @@ class BpfSampler:
             ]
         stacks: dict[int, tuple[int, ...]] = {}
         for keys, values in self._stacks[drained].drain():
-            decode_stacks(keys, values, self.config.max_stack_depth, stacks)
+            decode_stacks(keys, values, self.config.max_stack_depth, stacks, self._last_stacks)
+        self._last_stacks = stacks
         symbolize_started = time.perf_counter()
         window = build_window(
             raw,
