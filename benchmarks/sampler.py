@@ -137,6 +137,7 @@ def measure_agent(frequency: int, seconds: float, window: str, workdir: Path, ot
             raise SystemExit(f"antiprof run failed: {log.read_text()}")
         time.sleep(0.01)
     startup = time.monotonic() - launched
+    attached_rss, _ = rss_mib(agent.pid)  # modules, sinks and the sampler, before any symbol is read
     child_peak = ATTACHED_LINE.search(log.read_text()).group(2)  # type: ignore[union-attr]
     # The first windows warm the caches (ELF symbols are read when a sample first hits a file,
     # which at 19 Hz takes a few windows): they are start-up, not steady state.
@@ -156,7 +157,7 @@ def measure_agent(frequency: int, seconds: float, window: str, workdir: Path, ot
     return {
         "quiet": f"{100 * quiet:.2f}%",
         "churn": f"{100 * busy:.2f}%",
-        "rss": f"{rss:.0f} MiB",
+        "rss": f"{rss:.0f} MiB ({attached_rss:.0f} at attach)",
         "peak": f"{peak:.0f} MiB (compiler child {child_peak} MiB)",
         "startup": f"{startup:.2f} s",
         "bpf": f"{cost / 1000:.2f} us" if cost else "-",
@@ -255,6 +256,7 @@ def main() -> int:
     if not shutil.which("perf"):
         print("benchmark needs perf: apt-get install linux-perf", file=sys.stderr)
         return 1
+    os.environ.setdefault("GRPC_ENABLE_FORK_SUPPORT", "false")  # this process forks workloads beside its receiver
     try:
         from antiprof_otlp.testing import ProfilesReceiver, serve
     except ImportError:

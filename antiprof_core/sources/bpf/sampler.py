@@ -172,13 +172,14 @@ class BpfSampler:
 
     def close(self) -> None:
         self._stop.set()
-        if self._poll_thread is not None:
-            self._poll_thread.join(timeout=2)
-            self._poll_thread = None
         self._close_events()  # detaches the program from every CPU
-        for ring in self._rings:
-            ring.close()
-        self._rings = []
+        poll_thread, self._poll_thread = self._poll_thread, None
+        if poll_thread is not None:
+            poll_thread.join(timeout=10)
+        if poll_thread is None or not poll_thread.is_alive():  # else it may still read them: leave them be
+            for ring in self._rings:
+                ring.close()
+            self._rings = []
         if self._program is not None:
             self._program.close()
             self._program = None
