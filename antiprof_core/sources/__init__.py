@@ -62,6 +62,6 @@ class SyntheticSource:
 def make_source(config: SamplerConfig, host: Host, logger: logging.Logger) -> WindowSource:
     if config.source is SourceKind.SYNTHETIC:
         return SyntheticSource(config, host)
-    from antiprof_core.sources.bpf import BpfSampler  # BCC is imported only when it is used
+    from antiprof_core.sources.bpf import BpfSampler  # ctypes and mmap: imported only when used
 
     return BpfSampler(config, host, logger)

@@ -68,14 +68,18 @@ class Compilation:
             child_end.close()
         self._request = json.dumps(request).encode()
 
+    def cancel(self) -> None:
+        """Stop the child; whatever it loaded goes with it."""
+        self._child.kill()
+        self._child.communicate()
+        self._socket.close()
+
     def result(self, timeout: float = COMPILE_TIMEOUT_SECONDS) -> tuple[LoadedProgram, str]:
         """The loaded program and the compiler's diagnostics; raises SourceUnavailable with one line."""
         try:
             _, stderr = self._child.communicate(self._request, timeout=timeout)
         except subprocess.TimeoutExpired:
-            self._child.kill()
-            self._child.communicate()
-            self._socket.close()
+            self.cancel()
             raise SourceUnavailable(f"the BPF compiler did not finish within {timeout:.0f} s") from None
         diagnostics = stderr.decode(errors="replace")
         try:

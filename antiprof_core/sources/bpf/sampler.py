@@ -105,7 +105,7 @@ class BpfSampler:
             raise SourceUnavailable(reason)
         started = time.monotonic()
         self.logger.info(
-            "compiling the BPF program in a child process (BCC and LLVM stay there: ~190 MB for a few seconds)"
+            "compiling the BPF program in a child process (BCC and LLVM stay there: about 175 MiB for a few seconds)"
         )
         compilation = Compilation(self.program_text, self.cflags(), PROGRAM_FUNCTION, map_names(self.config))
         # Meanwhile, what needs no program: the perf events (opened disabled) and the kernel's symbols.
@@ -113,8 +113,7 @@ class BpfSampler:
             self._events_fds = [syscalls.open_cpu_clock(cpu, self.config.frequency_hz) for cpu in self.online]
         except OSError as exc:
             self._close_events()
-            with contextlib.suppress(SourceUnavailable):
-                compilation.result()[0].close()
+            compilation.cancel()
             raise SourceUnavailable(f"cannot open the CPU clock event: {exc.strerror or exc}") from None
         if self.config.kernel_stacks:
             self.symbolizer.kernel_frame(0, True)  # reads kallsyms now, while the child compiles
