@@ -1,8 +1,8 @@
 """Compiling apart: BCC compiles and loads the program in a short-lived child process, which hands
 the program's and maps' file descriptors to the agent over a Unix socket (SCM_RIGHTS) and exits.
 
-BCC maps LLVM and clang (about 55 MB) the moment it is imported, and the compile peaks near
-190 MB; the agent lives for months, so none of that may enter it. The child is a fresh
+BCC maps LLVM and clang (about 55 MB) the moment it is imported, and the compile peaks at about
+175 MiB; the agent lives for months, so none of that may enter it. The child is a fresh
 interpreter running ``child.py``, never a fork of the agent.
 
 This is the agent's end; ``child.py`` beside it is the child's. Errors come back as

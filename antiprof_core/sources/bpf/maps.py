@@ -30,7 +30,7 @@ _U64 = struct.Struct("=Q")
 
 @frozen
 class MapInfo:
-    """What the compiler child says of a map it created; ``fd`` is the agent's own copy."""
+    """A map the compiler child created, as the kernel describes it; ``fd`` is the agent's own copy."""
 
     name: str
     fd: int
