@@ -58,7 +58,9 @@ class Compilation:
         request = {"text": text, "cflags": cflags, "function": function, "maps": list(maps)}
         try:
             self._child = subprocess.Popen(
-                [sys.executable, str(CHILD_SCRIPT), str(child_end.fileno())],
+                # -P: the script's folder (this package) is not put on sys.path, where its
+                # modules could shadow what BCC imports.
+                [sys.executable, "-P", str(CHILD_SCRIPT), str(child_end.fileno())],
                 stdin=subprocess.PIPE,
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.PIPE,
