@@ -117,7 +117,7 @@ class SyntheticSource:
 
 
 def _bpf(config: SamplerConfig, options: None, context: SourceContext) -> WindowSource:
-    from antiprof_core.sources.bpf import BpfSampler  # BCC is imported only when it is used
+    from antiprof_core.sources.bpf import BpfSampler  # ctypes and mmap: imported only when used
 
     return BpfSampler(config, context.host, context.logger)
 
