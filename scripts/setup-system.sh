@@ -11,6 +11,7 @@ PACKAGES=(
   binutils         # objcopy, strip, readelf: symbolizer tests make stripped files and debug links
   golang-go        # `go tool pprof` reads our pprof output in tests
   chromium         # headless: flame graph HTML tests
+  python3.11-dev   # CPython's internal headers: the Python frame-offset table is checked against them
 )
 
 log() { echo "antiprof setup: $*" >&2; }
