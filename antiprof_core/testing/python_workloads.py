@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shutil
 import signal
 import subprocess
@@ -128,14 +129,15 @@ def _wait_stopped(pid: int, timeout: float = 10.0) -> None:
 
 @contextmanager
 def running_two_threads(interpreter: str, directory: Path, timeout: float = 60.0) -> Iterator[RunningProgram]:
-    """The two-thread program under ``interpreter``, once both threads are in their loops' functions."""
+    """The two-thread program under ``interpreter``, once its main thread is about to loop."""
     path = directory / "two_threads.py"
     path.write_text(TWO_THREADS_PROGRAM)
-    process = subprocess.Popen([interpreter, str(path)], stdout=subprocess.PIPE, text=True)
+    process = subprocess.Popen([interpreter, str(path)], stdout=subprocess.PIPE, bufsize=0)
     try:
         assert process.stdout is not None
-        worker_tid = int(_read_line(process, timeout))
-        if _read_line(process, timeout) != "ready":
+        lines = _LineReader(process.stdout.fileno(), process.pid)
+        worker_tid = int(lines.next(timeout))
+        if lines.next(timeout) != "ready":
             raise RuntimeError(f"{interpreter}: the program did not start")
         yield RunningProgram(process.pid, process.pid, worker_tid, path)
     finally:
@@ -143,18 +145,26 @@ def running_two_threads(interpreter: str, directory: Path, timeout: float = 60.0
         process.wait(timeout=30)
 
 
-def _read_line(process: subprocess.Popen[str], timeout: float) -> str:
-    import selectors
+class _LineReader:
+    """Lines from a pipe with a deadline each (the fd is read directly: no hidden buffer to wait past)."""
 
-    assert process.stdout is not None
-    with selectors.DefaultSelector() as selector:
-        selector.register(process.stdout, selectors.EVENT_READ)
-        if not selector.select(timeout):
-            raise TimeoutError(f"no output from pid {process.pid} within {timeout}s")
-    line = process.stdout.readline().strip()
-    if not line:
-        raise RuntimeError(f"pid {process.pid} ended early (exit {process.poll()})")
-    return line
+    def __init__(self, fd: int, pid: int) -> None:
+        self.fd = fd
+        self.pid = pid
+        self.buffer = b""
+
+    def next(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self.buffer:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                raise TimeoutError(f"no output from pid {self.pid} within {timeout}s")
+            chunk = os.read(self.fd, 4096)
+            if not chunk:
+                raise RuntimeError(f"pid {self.pid} ended early")
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line.decode().strip()
 
 
 if __name__ == "__main__":  # pragma: no cover - a manual aid: list what the tests will use
