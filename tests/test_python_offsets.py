@@ -95,7 +95,9 @@ def _header_sets() -> list[tuple[str, Path]]:
     root = pyenv_root()
     for version in ("3.11.7", "3.12.1"):
         minor = version.rsplit(".", 1)[0]
-        found.append((f"pyenv-{version}", (root or Path("/nonexistent")) / "versions" / version / "include" / f"python{minor}"))
+        found.append(
+            (f"pyenv-{version}", (root or Path("/nonexistent")) / "versions" / version / "include" / f"python{minor}")
+        )
     return found
 
 

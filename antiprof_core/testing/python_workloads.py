@@ -22,7 +22,7 @@ from pathlib import Path
 
 from attrs import frozen
 
-TWO_THREADS_PROGRAM = '''\
+TWO_THREADS_PROGRAM = """\
 import sys
 import threading
 
@@ -50,7 +50,7 @@ def main():
 
 
 main()
-'''
+"""
 # 1-based line ranges of each loop (the `while` line and its body), as CPython reports them.
 HEAVY_MATH_LINES = range(15, 18)
 LIGHT_STRINGS_LINES = range(7, 10)

@@ -103,7 +103,9 @@ def _find_symbols(elf: ELFFile) -> dict[str, int]:
     return found
 
 
-def _read_at_vaddr(stream: object, segments: tuple[LoadSegment, ...], vaddr: int, size: int, file_size: int) -> bytes | None:
+def _read_at_vaddr(
+    stream: object, segments: tuple[LoadSegment, ...], vaddr: int, size: int, file_size: int
+) -> bytes | None:
     for segment in segments:
         if segment.vaddr <= vaddr and vaddr + size <= segment.vaddr + segment.file_size:
             offset = segment.file_offset + vaddr - segment.vaddr

@@ -107,12 +107,17 @@ def _detect_one(
     version = _version(binary, name_version)
     if version[:2] < (3, 11):
         return Unsupported(
-            pid, path, version, f"CPython {version[0]}.{version[1]}: only 3.11 and newer are walked (interpreter frames)"
+            pid,
+            path,
+            version,
+            f"CPython {version[0]}.{version[1]}: only 3.11 and newer are walked (interpreter frames)",
         )
     if "_PyRuntime" not in binary.symbols:
         return None  # e.g. a python3.X executable linked to libpython: the library holds the runtime
     if "t" in flags:
-        return Unsupported(pid, path, version, "free-threaded CPython build (no GIL): its object layout is not supported")
+        return Unsupported(
+            pid, path, version, "free-threaded CPython build (no GIL): its object layout is not supported"
+        )
     bias = binary.load_bias(entry.start, entry.offset)
     if bias is None:
         return Unsupported(pid, path, version, "no ELF load segment matches the mapping of the interpreter")

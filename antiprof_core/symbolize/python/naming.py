@@ -53,13 +53,30 @@ class CodeNamer:
         self._cache: OrderedDict[int, CodeInfo] = OrderedDict()
         self.reads = 0  # code objects read from the process (misses and invalidations)
         self.invalidations = 0
-        first = min(self.offsets.code_firstlineno, self.offsets.code_filename, self.offsets.code_qualname, self.offsets.code_linetable)
-        last = max(self.offsets.code_firstlineno, self.offsets.code_filename, self.offsets.code_qualname, self.offsets.code_linetable) + 8
+        first = min(
+            self.offsets.code_firstlineno,
+            self.offsets.code_filename,
+            self.offsets.code_qualname,
+            self.offsets.code_linetable,
+        )
+        last = (
+            max(
+                self.offsets.code_firstlineno,
+                self.offsets.code_filename,
+                self.offsets.code_qualname,
+                self.offsets.code_linetable,
+            )
+            + 8
+        )
         self._fingerprint_span = (first, last - first)
 
     def name(self, frame: RawPythonFrame) -> PythonFrameName:
         info = self.code_info(frame.code_address)
-        line = line_for_offset(info.linetable, info.first_line, frame.instruction_offset) if frame.instruction_offset != -1 else None
+        line = (
+            line_for_offset(info.linetable, info.first_line, frame.instruction_offset)
+            if frame.instruction_offset != -1
+            else None
+        )
         return PythonFrameName(info.qualname, info.filename, line)
 
     def frame(self, raw: RawPythonFrame) -> Frame:
@@ -95,7 +112,7 @@ class CodeNamer:
         return self.memory.read(address + start, size)
 
     def _read_code(self, address: int, fingerprint: bytes) -> CodeInfo:
-        offsets, memory = self.offsets, self.memory
+        offsets = self.offsets
         self.reads += 1
         start = self._fingerprint_span[0]
 

@@ -157,7 +157,9 @@ class DebugOffsetsError(ValueError):
 def offsets_from_debug(data: bytes, expected_version: tuple[int, int]) -> PythonOffsets:
     """PythonOffsets from the ``_Py_DebugOffsets`` bytes a 3.13 process carries at ``&_PyRuntime``."""
     if expected_version != (3, 13):
-        raise DebugOffsetsError(f"the _Py_DebugOffsets layout of {expected_version[0]}.{expected_version[1]} is not known")
+        raise DebugOffsetsError(
+            f"the _Py_DebugOffsets layout of {expected_version[0]}.{expected_version[1]} is not known"
+        )
     if len(data) < DEBUG_OFFSETS_SIZE or data[:8] != DEBUG_COOKIE:
         raise DebugOffsetsError("no _Py_DebugOffsets cookie at the start of _PyRuntime")
     field = {name: struct.unpack_from("<Q", data, position)[0] for name, position in DEBUG_FIELDS_313.items()}

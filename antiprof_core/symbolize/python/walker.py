@@ -48,14 +48,16 @@ class PythonWalker:
         """native thread id -> PyThreadState address, over every interpreter."""
         memory, offsets = self.memory, self.offsets
         found: dict[int, int] = {}
+        visited: set[int] = set()  # a cycle in the list ends it
         interpreter = memory.u64(self.process.runtime_address + offsets.runtime_interpreters_head)
         seen_interpreters = 0
         while interpreter and seen_interpreters < MAX_INTERPRETERS:
             seen_interpreters += 1
             tstate = memory.u64(interpreter + offsets.interp_threads_head)
             seen_threads = 0
-            while tstate and seen_threads < MAX_THREADS and tstate not in found.values():
+            while tstate and seen_threads < MAX_THREADS and tstate not in visited:
                 seen_threads += 1
+                visited.add(tstate)
                 found[memory.u64(tstate + offsets.tstate_native_thread_id)] = tstate
                 tstate = memory.u64(tstate + offsets.tstate_next)
             interpreter = memory.u64(interpreter + offsets.interp_next)
