@@ -85,6 +85,11 @@ def test_each_thread_reads_as_the_python_it_runs(interpreter, tmp_path: Path) ->
         ]
         assert all(file.endswith("/threading.py") for _, file, _ in worker_named[1:])
         assert main_stack.frames != worker_stack.frames
+        # where each _PyEval_EvalFrameDefault call starts: <module> (from C), Thread._bootstrap (thread start)
+        assert [frame.entry for frame in main_stack.frames] == [False, False, True]
+        # Thread.run calls its target with CALL_FUNCTION_EX: a new C-level call in 3.11, inlined from 3.12 on
+        called_from_c = interpreter.version < (3, 12)
+        assert [frame.entry for frame in worker_stack.frames] == [called_from_c, False, False, True]
         # 3.11 keeps the GIL holder in _PyRuntime.gilstate.tstate_current; 3.12+ only in TLS
         assert holder_known
         # what sinks will get

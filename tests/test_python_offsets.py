@@ -56,6 +56,7 @@ int main(void) {
 #endif
 #if PY_VERSION_HEX < 0x030C0000
     P("runtime_tstate_current", offsetof(_PyRuntimeState, gilstate.tstate_current));
+    P("frame_is_entry", offsetof(_PyInterpreterFrame, is_entry));
 #else
     P("owner_cstack", FRAME_OWNED_BY_CSTACK);
 #endif
@@ -163,6 +164,7 @@ def test_offset_table_matches_the_headers(label: str, include: Path, tmp_path: P
     assert table.tstate_cframe == probed["tstate_cframe"]
     assert table.runtime_tstate_current == probed.get("runtime_tstate_current")
     assert table.owner_cstack == probed.get("owner_cstack")
+    assert table.frame_is_entry == probed.get("frame_is_entry")
 
 
 def test_debug_offsets_layout_and_values_match_the_313_headers(tmp_path: Path) -> None:
@@ -197,3 +199,4 @@ def test_debug_offsets_layout_and_values_match_the_313_headers(tmp_path: Path) -
     assert mismatches == {}, "3.13 _Py_DebugOffsets vs headers"
     assert offsets.owner_cstack == probed["owner_cstack"]
     assert offsets.tstate_cframe is None and offsets.runtime_tstate_current is None
+    assert offsets.frame_is_entry is None and "frame_is_entry" not in probed

@@ -36,6 +36,7 @@ class PythonOffsets:
     frame_instr: int  # prev_instr (3.11, 3.12: the last instruction run) / instr_ptr (3.13: the current one)
     frame_owner: int
     owner_cstack: int | None  # FRAME_OWNED_BY_CSTACK: the C-stack shim frames (3.12+), skipped by the walk
+    frame_is_entry: int | None  # 3.11: is_entry, set on the first frame of a _PyEval_EvalFrameDefault call
     # PyCodeObject
     code_filename: int
     code_name: int
@@ -71,6 +72,7 @@ PY311 = PythonOffsets(
     frame_instr=56,
     frame_owner=69,
     owner_cstack=None,
+    frame_is_entry=68,
     code_filename=112,
     code_name=120,
     code_qualname=128,
@@ -101,6 +103,7 @@ PY312 = PythonOffsets(
     frame_instr=56,
     frame_owner=70,
     owner_cstack=3,
+    frame_is_entry=None,  # 3.12+: a shim frame sits under each call's first frame instead
     code_filename=112,
     code_name=120,
     code_qualname=128,
@@ -185,6 +188,7 @@ def offsets_from_debug(data: bytes, expected_version: tuple[int, int]) -> Python
         frame_instr=field["interpreter_frame.instr_ptr"],
         frame_owner=field["interpreter_frame.owner"],
         owner_cstack=3,  # enum _frameowner, unchanged in 3.13 (the offsets test checks it)
+        frame_is_entry=None,
         code_filename=field["code_object.filename"],
         code_name=field["code_object.name"],
         code_qualname=field["code_object.qualname"],

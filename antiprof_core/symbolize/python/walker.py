@@ -9,6 +9,7 @@ cycle in hostile memory ends the walk instead of spinning.
 
 from __future__ import annotations
 
+import attrs
 from attrs import frozen
 
 from antiprof_core.symbolize.python.detect import PythonProcess
@@ -29,6 +30,9 @@ class RawPythonFrame:
 
     code_address: int
     instruction_offset: int  # bytes into co_code_adaptive; -2 before the first instruction ran, -1 unknown
+    # The first frame of one _PyEval_EvalFrameDefault call (called from C): where the Python frames
+    # of one native interpreter frame end, so the two stacks can be interleaved.
+    entry: bool = False
 
 
 @frozen
@@ -93,11 +97,14 @@ class PythonWalker:
                 shims += 1
                 if shims > MAX_SKIPPED_SHIMS:
                     raise PythonReadError("frame_loop", f"more than {MAX_SKIPPED_SHIMS} shim frames")
+                if frames:  # the frame above a shim is the first of its interpreter call
+                    frames[-1] = attrs.evolve(frames[-1], entry=True)
             else:
                 code = memory.u64(frame + offsets.frame_code)
                 instruction = memory.u64(frame + offsets.frame_instr)
                 start = code + offsets.code_adaptive
                 offset = instruction - start if start - 2 <= instruction < start + MAX_CODE_BYTES else UNKNOWN_OFFSET
-                frames.append(RawPythonFrame(code, offset))
+                entry = offsets.frame_is_entry is not None and memory.u8(frame + offsets.frame_is_entry) != 0
+                frames.append(RawPythonFrame(code, offset, entry))
             frame = memory.u64(frame + offsets.frame_previous)
         return PythonStack(tid, tuple(frames), truncated=bool(frame))
