@@ -12,7 +12,7 @@ from __future__ import annotations
 import struct
 from collections import OrderedDict
 
-from attrs import frozen
+from attrs import field, frozen
 
 from antiprof_core.model import Frame, FrameKind
 from antiprof_core.symbolize.python.detect import PythonProcess
@@ -32,7 +32,8 @@ class CodeInfo:
     filename: str
     first_line: int
     linetable: bytes
-    fingerprint: bytes
+    fingerprint: tuple[int, int, int, int]
+    lines: dict[int, int | None] = field(factory=dict, eq=False)  # instruction offset -> line, filled on use
 
 
 @frozen
@@ -53,30 +54,26 @@ class CodeNamer:
         self._cache: OrderedDict[int, CodeInfo] = OrderedDict()
         self.reads = 0  # code objects read from the process (misses and invalidations)
         self.invalidations = 0
-        first = min(
+        # One read per lookup covers the type and every fingerprint field (they sit close together).
+        fields = (
+            self.offsets.object_type,
             self.offsets.code_firstlineno,
             self.offsets.code_filename,
             self.offsets.code_qualname,
             self.offsets.code_linetable,
         )
-        last = (
-            max(
-                self.offsets.code_firstlineno,
-                self.offsets.code_filename,
-                self.offsets.code_qualname,
-                self.offsets.code_linetable,
-            )
-            + 8
-        )
-        self._fingerprint_span = (first, last - first)
+        self._header_start = min(fields)
+        self._header_size = max(fields) + 8 - self._header_start
 
     def name(self, frame: RawPythonFrame) -> PythonFrameName:
         info = self.code_info(frame.code_address)
-        line = (
-            line_for_offset(info.linetable, info.first_line, frame.instruction_offset)
-            if frame.instruction_offset != -1
-            else None
-        )
+        offset = frame.instruction_offset
+        if offset == -1:
+            line = None
+        elif offset in info.lines:
+            line = info.lines[offset]
+        else:
+            line = info.lines[offset] = line_for_offset(info.linetable, info.first_line, offset)
         return PythonFrameName(info.qualname, info.filename, line)
 
     def frame(self, raw: RawPythonFrame) -> Frame:
@@ -92,41 +89,41 @@ class CodeNamer:
         )
 
     def code_info(self, address: int) -> CodeInfo:
-        self._check_type(address, self.process.code_type_address, "not_code")
-        fingerprint = self._fingerprint(address)
+        header = self.memory.read(address + self._header_start, self._header_size)
+        if self.process.code_type_address is not None and self._pointer(header, self.offsets.object_type) != (
+            self.process.code_type_address
+        ):
+            raise PythonReadError("not_code", f"object at {address:#x} is not a code object")
+        # co_firstlineno and the name, file and line-table pointers: what changes when the address is reused
+        fingerprint = (
+            int(struct.unpack_from("<i", header, self.offsets.code_firstlineno - self._header_start)[0]),
+            self._pointer(header, self.offsets.code_filename),
+            self._pointer(header, self.offsets.code_qualname),
+            self._pointer(header, self.offsets.code_linetable),
+        )
         cached = self._cache.get(address)
         if cached is not None:
             if cached.fingerprint == fingerprint:
                 self._cache.move_to_end(address)
                 return cached
             self.invalidations += 1
-        info = self._read_code(address, fingerprint)
+        self.reads += 1
+        first_line, filename, qualname, linetable = fingerprint
+        info = CodeInfo(
+            qualname=self.read_str(qualname),
+            filename=self.read_str(filename),
+            first_line=first_line,
+            linetable=self.read_bytes(linetable, MAX_LINETABLE_BYTES),
+            fingerprint=fingerprint,
+        )
         self._cache[address] = info
         self._cache.move_to_end(address)
         while len(self._cache) > self.max_entries:
             self._cache.popitem(last=False)
         return info
 
-    def _fingerprint(self, address: int) -> bytes:
-        start, size = self._fingerprint_span
-        return self.memory.read(address + start, size)
-
-    def _read_code(self, address: int, fingerprint: bytes) -> CodeInfo:
-        offsets = self.offsets
-        self.reads += 1
-        start = self._fingerprint_span[0]
-
-        def pointer(offset: int) -> int:
-            return int(struct.unpack_from("<Q", fingerprint, offset - start)[0])
-
-        first_line = int(struct.unpack_from("<i", fingerprint, offsets.code_firstlineno - start)[0])
-        return CodeInfo(
-            qualname=self.read_str(pointer(offsets.code_qualname)),
-            filename=self.read_str(pointer(offsets.code_filename)),
-            first_line=first_line,
-            linetable=self.read_bytes(pointer(offsets.code_linetable), MAX_LINETABLE_BYTES),
-            fingerprint=fingerprint,
-        )
+    def _pointer(self, header: bytes, offset: int) -> int:
+        return int(struct.unpack_from("<Q", header, offset - self._header_start)[0])
 
     def _check_type(self, address: int, expected: int | None, cause: str) -> None:
         if expected is not None and self.memory.u64(address + self.offsets.object_type) != expected:
