@@ -8,6 +8,7 @@ running interpreter, must describe the same structures.
 from __future__ import annotations
 
 import shutil
+import struct
 import subprocess
 from pathlib import Path
 
@@ -19,6 +20,7 @@ from antiprof_core.symbolize.python.offsets import (
     DEBUG_FIELDS_313,
     DEBUG_OFFSETS_SIZE,
     STATIC_TABLES,
+    DebugOffsetsError,
     offsets_from_debug,
 )
 from antiprof_core.testing.python_workloads import pyenv_root
@@ -188,7 +190,8 @@ def test_debug_offsets_layout_and_values_match_the_313_headers(tmp_path: Path) -
         found = detect(process.pid)
         assert isinstance(found, PythonProcess), found
         with ProcessMemory(process.pid) as memory:
-            offsets = offsets_from_debug(memory.read(found.runtime_address, DEBUG_OFFSETS_SIZE), (3, 13))
+            raw = memory.read(found.runtime_address, DEBUG_OFFSETS_SIZE)
+            offsets = offsets_from_debug(raw, (3, 13))
     finally:
         process.kill()
         process.wait()
@@ -200,3 +203,19 @@ def test_debug_offsets_layout_and_values_match_the_313_headers(tmp_path: Path) -
     assert offsets.owner_cstack == probed["owner_cstack"]
     assert offsets.tstate_cframe is None and offsets.runtime_tstate_current is None
     assert offsets.frame_is_entry is None and "frame_is_entry" not in probed
+
+    # what makes a process Unsupported instead of misread
+    def rejected(data: bytes, version: tuple[int, int] = (3, 13)) -> str:
+        with pytest.raises(DebugOffsetsError) as raised:
+            offsets_from_debug(data, version)
+        return str(raised.value)
+
+    def patched(position: int, value: int) -> bytes:
+        return raw[:position] + struct.pack("<Q", value) + raw[position + 8 :]
+
+    assert "not known" in rejected(raw, (3, 14))
+    assert "cookie" in rejected(b"xdebugpz" + raw[8:])
+    assert "cookie" in rejected(raw[:100])
+    assert "free-threaded" in rejected(patched(DEBUG_FIELDS_313["free_threaded"], 1))
+    assert "version" in rejected(patched(DEBUG_FIELDS_313["version"], 0x030C01F0))
+    assert "out-of-range" in rejected(patched(DEBUG_FIELDS_313["thread_state.current_frame"], 1 << 40))
