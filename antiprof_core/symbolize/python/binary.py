@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import struct
+from typing import BinaryIO
 
 from attrs import frozen
 from elftools.common.exceptions import ELFError
@@ -74,10 +75,11 @@ def read_interpreter_binary(path: str, inode: int) -> InterpreterBinary:
             if "Py_Version" in symbols:
                 raw = _read_at_vaddr(stream, segments, symbols["Py_Version"], 8, info.st_size)
                 version_hex = struct.unpack("<Q", raw)[0] if raw is not None else None
-        except (ELFError, struct.error, ValueError, KeyError, OSError) as error:
-            if isinstance(error, BinaryError):
-                raise
-            raise BinaryError(f"{path}: unreadable ELF file ({error})") from None
+        except BinaryError:
+            raise
+        except (ELFError, struct.error, ValueError, KeyError, OSError, IndexError, TypeError, AttributeError) as error:
+            # pyelftools reports a corrupt file with any of these
+            raise BinaryError(f"{path}: unreadable ELF file ({type(error).__name__}: {error})") from None
     return InterpreterBinary(path, info.st_ino, version_hex, symbols, segments)
 
 
@@ -104,14 +106,14 @@ def _find_symbols(elf: ELFFile) -> dict[str, int]:
 
 
 def _read_at_vaddr(
-    stream: object, segments: tuple[LoadSegment, ...], vaddr: int, size: int, file_size: int
+    stream: BinaryIO, segments: tuple[LoadSegment, ...], vaddr: int, size: int, file_size: int
 ) -> bytes | None:
     for segment in segments:
         if segment.vaddr <= vaddr and vaddr + size <= segment.vaddr + segment.file_size:
             offset = segment.file_offset + vaddr - segment.vaddr
             if offset + size > file_size:
                 return None
-            stream.seek(offset)  # type: ignore[attr-defined]
-            data = stream.read(size)  # type: ignore[attr-defined]
-            return bytes(data) if len(data) == size else None
+            stream.seek(offset)
+            data = stream.read(size)
+            return data if len(data) == size else None
     return None
