@@ -64,6 +64,7 @@ def test_each_thread_reads_as_the_python_it_runs(interpreter, tmp_path: Path) ->
                     worker_named = _named(namer, worker_stack.frames)
                     model_frame = namer.frame(main_stack.frames[0])
                     states = walker.thread_states()
+                    by_pthread = walker.thread_states_by_pthread()
                     holder = walker.gil_holder()
             finally:
                 program.resume()
@@ -90,6 +91,11 @@ def test_each_thread_reads_as_the_python_it_runs(interpreter, tmp_path: Path) ->
         # Thread.run calls its target with CALL_FUNCTION_EX: a new C-level call in 3.11, inlined from 3.12 on
         called_from_c = interpreter.version < (3, 12)
         assert [frame.entry for frame in worker_stack.frames] == [called_from_c, False, False, True]
+        # the namespace-independent key finds the same thread states
+        assert by_pthread == {
+            program.main_pthread: states[program.main_tid],
+            program.worker_pthread: states[program.worker_tid],
+        }
         # 3.11 keeps the GIL holder in _PyRuntime.gilstate.tstate_current; 3.12+ only in TLS
         assert holder_known
         # what sinks will get

@@ -45,7 +45,8 @@ int main(void) {
 #define D(field) P("debug." #field, offsetof(_Py_DebugOffsets, field))
     D(version); D(free_threaded); D(runtime_state.interpreters_head); D(interpreter_state.next);
     D(interpreter_state.threads_head); D(thread_state.next); D(thread_state.current_frame);
-    D(thread_state.native_thread_id); D(interpreter_frame.previous); D(interpreter_frame.executable);
+    D(thread_state.native_thread_id); D(thread_state.thread_id);
+    D(interpreter_frame.previous); D(interpreter_frame.executable);
     D(interpreter_frame.instr_ptr); D(interpreter_frame.owner); D(code_object.filename); D(code_object.name);
     D(code_object.qualname); D(code_object.linetable); D(code_object.firstlineno); D(code_object.co_code_adaptive);
     D(pyobject.ob_type); D(bytes_object.ob_size); D(bytes_object.ob_sval); D(unicode_object.state);
@@ -67,6 +68,7 @@ int main(void) {
     P("interp_threads_head", offsetof(PyInterpreterState, threads.head));
     P("tstate_next", offsetof(PyThreadState, next));
     P("tstate_native_thread_id", offsetof(PyThreadState, native_thread_id));
+    P("tstate_thread_id", offsetof(PyThreadState, thread_id));
     P("frame_previous", offsetof(_PyInterpreterFrame, previous));
     P("frame_owner", offsetof(_PyInterpreterFrame, owner));
     P("code_filename", offsetof(PyCodeObject, co_filename));
@@ -130,6 +132,7 @@ TABLE_FIELDS = (
     "interp_threads_head",
     "tstate_next",
     "tstate_native_thread_id",
+    "tstate_thread_id",
     "current_frame",
     "frame_previous",
     "frame_code",

@@ -45,7 +45,7 @@ def heavy_math():
 def main():
     worker = threading.Thread(target=light_strings, name="light", daemon=True)
     worker.start()
-    print(worker.native_id, flush=True)
+    print(worker.native_id, worker.ident, threading.get_ident(), flush=True)
     heavy_math()
 
 
@@ -101,6 +101,8 @@ class RunningProgram:
     main_tid: int
     worker_tid: int
     path: Path
+    main_pthread: int  # threading.get_ident(): pthread_self() of each thread
+    worker_pthread: int
 
     def stop(self) -> None:
         os.kill(self.pid, signal.SIGSTOP)
@@ -136,10 +138,10 @@ def running_two_threads(interpreter: str, directory: Path, timeout: float = 60.0
     try:
         assert process.stdout is not None
         lines = _LineReader(process.stdout.fileno(), process.pid)
-        worker_tid = int(lines.next(timeout))
+        worker_tid, worker_pthread, main_pthread = map(int, lines.next(timeout).split())
         if lines.next(timeout) != "ready":
             raise RuntimeError(f"{interpreter}: the program did not start")
-        yield RunningProgram(process.pid, process.pid, worker_tid, path)
+        yield RunningProgram(process.pid, process.pid, worker_tid, path, main_pthread, worker_pthread)
     finally:
         process.kill()
         process.wait(timeout=30)

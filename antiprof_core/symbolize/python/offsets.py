@@ -28,6 +28,7 @@ class PythonOffsets:
     # PyThreadState
     tstate_next: int
     tstate_native_thread_id: int
+    tstate_thread_id: int  # pthread_self() of the thread: its TLS base (fsbase), the same in every PID namespace
     tstate_cframe: int | None  # 3.11/3.12: tstate->cframe->current_frame; None: tstate->current_frame directly
     current_frame: int  # in _PyCFrame when tstate_cframe is set, else in PyThreadState
     # _PyInterpreterFrame
@@ -65,6 +66,7 @@ PY311 = PythonOffsets(
     interp_threads_head=16,
     tstate_next=8,
     tstate_native_thread_id=160,
+    tstate_thread_id=152,
     tstate_cframe=56,
     current_frame=8,
     frame_previous=48,
@@ -96,6 +98,7 @@ PY312 = PythonOffsets(
     interp_threads_head=72,
     tstate_next=8,
     tstate_native_thread_id=144,
+    tstate_thread_id=136,
     tstate_cframe=56,
     current_frame=0,
     frame_previous=8,
@@ -132,6 +135,7 @@ DEBUG_FIELDS_313: dict[str, int] = {
     "interpreter_state.threads_head": 72,
     "thread_state.next": 168,
     "thread_state.current_frame": 184,
+    "thread_state.thread_id": 192,
     "thread_state.native_thread_id": 200,
     "interpreter_frame.previous": 232,
     "interpreter_frame.executable": 240,
@@ -181,6 +185,7 @@ def offsets_from_debug(data: bytes, expected_version: tuple[int, int]) -> Python
         interp_threads_head=field["interpreter_state.threads_head"],
         tstate_next=field["thread_state.next"],
         tstate_native_thread_id=field["thread_state.native_thread_id"],
+        tstate_thread_id=field["thread_state.thread_id"],
         tstate_cframe=None,
         current_frame=field["thread_state.current_frame"],
         frame_previous=field["interpreter_frame.previous"],

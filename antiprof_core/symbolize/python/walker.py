@@ -49,20 +49,34 @@ class PythonWalker:
         self.offsets = process.offsets
 
     def thread_states(self) -> dict[int, int]:
-        """native thread id -> PyThreadState address, over every interpreter."""
+        """native thread id -> PyThreadState address, over every interpreter.
+
+        The native id is the tid in the process's own PID namespace; for a process in a container
+        the sampler's host tid differs, and :meth:`thread_states_by_pthread` is the key to use.
+        """
+        return {tid: tstate for tstate, (tid, _) in self._thread_list().items()}
+
+    def thread_states_by_pthread(self) -> dict[int, int]:
+        """pthread_self() -> PyThreadState: on x86-64 glibc that is the thread's fsbase, which a
+        BPF program reads from the task, so it matches threads across PID namespaces."""
+        return {pthread: tstate for tstate, (_, pthread) in self._thread_list().items()}
+
+    def _thread_list(self) -> dict[int, tuple[int, int]]:
+        """PyThreadState address -> (native thread id, pthread id), over every interpreter."""
         memory, offsets = self.memory, self.offsets
-        found: dict[int, int] = {}
-        visited: set[int] = set()  # a cycle in the list ends it
+        found: dict[int, tuple[int, int]] = {}  # insertion order: newest thread first, as CPython links them
         interpreter = memory.u64(self.process.runtime_address + offsets.runtime_interpreters_head)
         seen_interpreters = 0
         while interpreter and seen_interpreters < MAX_INTERPRETERS:
             seen_interpreters += 1
             tstate = memory.u64(interpreter + offsets.interp_threads_head)
             seen_threads = 0
-            while tstate and seen_threads < MAX_THREADS and tstate not in visited:
+            while tstate and seen_threads < MAX_THREADS and tstate not in found:  # a cycle ends the list
                 seen_threads += 1
-                visited.add(tstate)
-                found[memory.u64(tstate + offsets.tstate_native_thread_id)] = tstate
+                found[tstate] = (
+                    memory.u64(tstate + offsets.tstate_native_thread_id),
+                    memory.u64(tstate + offsets.tstate_thread_id),
+                )
                 tstate = memory.u64(tstate + offsets.tstate_next)
             interpreter = memory.u64(interpreter + offsets.interp_next)
         return found
