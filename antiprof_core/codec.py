@@ -93,6 +93,8 @@ def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
             "symbol": f.symbol,
             "offset": f.offset,
             "mapping": None if f.mapping is None else mappings.number(f.mapping),
+            **({"file": f.file} if f.file is not None else {}),
+            **({"line": f.line} if f.line is not None else {}),
         }
         for f in frames.items
     ]
@@ -133,6 +135,8 @@ def window_from_dict(data: dict[str, Any]) -> ProfileWindow:
             symbol=f["symbol"],
             offset=f["offset"],
             mapping=None if f["mapping"] is None else mappings[f["mapping"]],
+            file=f.get("file"),  # absent in windows written before interpreted frames existed
+            line=f.get("line"),
         )
         for f in data["frames"]
     ]

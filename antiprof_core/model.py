@@ -19,6 +19,7 @@ class FrameKind(enum.Enum):
     KERNEL = "kernel"
     NATIVE = "native"
     JIT = "jit"
+    CPYTHON = "cpython"  # a CPython function: ``symbol`` is its qualified name, with ``file`` and ``line``
 
 
 class SamplingMode(enum.Enum):
@@ -43,13 +44,20 @@ class Mapping:
 
 @frozen
 class Frame:
-    """One stack frame. ``symbol`` is None when nothing could name the address."""
+    """One stack frame. ``symbol`` is None when nothing could name the address.
+
+    Interpreted frames (``FrameKind.CPYTHON``) have no machine address of their own: ``address``
+    is the code object's address in the process, ``offset`` the instruction's byte offset in
+    its bytecode, and ``file`` and ``line`` say where in the source it was.
+    """
 
     address: int
     kind: FrameKind
     symbol: str | None = None
     offset: int = 0  # address minus the symbol's start
     mapping: Mapping | None = None
+    file: str | None = None  # source file, for interpreted frames
+    line: int | None = None  # source line of the instruction, when known
 
 
 @frozen

@@ -12,6 +12,7 @@ PACKAGES=(
   golang-go        # `go tool pprof` reads our pprof output in tests
   chromium         # headless: flame graph HTML tests
   gdb              # unwinding tests compare our native stack walk with gdb's backtrace
+  python3.11-dev   # CPython's internal headers: the Python frame-offset table is checked against them
 )
 
 log() { echo "antiprof setup: $*" >&2; }
