@@ -183,6 +183,8 @@ class FileCache:
 
 
 def _one_line(exc: BaseException) -> str:
+    if isinstance(exc, ElfFileError):
+        return str(exc).split(": ", 1)[-1]
     if isinstance(exc, OSError) and exc.strerror:
         return exc.strerror
     text = str(exc).strip()

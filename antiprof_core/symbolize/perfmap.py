@@ -58,9 +58,12 @@ Opener = Callable[[], tuple[int, os.stat_result]]
 class PerfMap:
     """One process's perf map, read as it grows."""
 
-    def __init__(self, opener: Opener, logger: logging.Logger, max_bytes: int = PERF_MAP_MAX_BYTES) -> None:
+    def __init__(
+        self, opener: Opener, logger: logging.Logger, owner: str = "", max_bytes: int = PERF_MAP_MAX_BYTES
+    ) -> None:
         self._open = opener
         self._logger = logger
+        self._owner = owner  # "PID 123", for the log
         self._max_bytes = max_bytes
         self._identity: tuple[int, int] | None = None
         self._offset = 0  # bytes consumed, always at a line boundary
@@ -107,7 +110,7 @@ class PerfMap:
     def _refuse(self, reason: str) -> None:
         if self.refused is None:
             self.refused = reason
-            self._logger.warning("perf map not read: %s", reason)
+            self._logger.warning("perf map of %s not read: %s", self._owner or "a process", reason)
 
     def lookup(self, address: int) -> tuple[str, int] | None:
         return self.symbols.lookup(address)

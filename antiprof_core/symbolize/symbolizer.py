@@ -231,8 +231,7 @@ class Symbolizer:
             if late:
                 return None
             view, name = state.view, perf_map_name(state.namespace_pid)
-            logger = self._logger.getChild(f"perfmap.{state.pid}")
-            state.perf_map = PerfMap(lambda: view.open(name, 1 << 62), logger)
+            state.perf_map = PerfMap(lambda: view.open(name, 1 << 62), self._logger, f"PID {state.pid}")
         if state.perf_map_window != self.window_index and not late:
             state.perf_map_window = self.window_index
             state.perf_map.refresh()
