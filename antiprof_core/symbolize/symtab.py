@@ -50,6 +50,7 @@ class SymbolTable:
 
 
 EMPTY = SymbolTable()
+_TOP = (1 << 64) - 1  # no code starts at the last address
 
 
 def build_symbol_table(entries: Iterable[tuple[int, int, bytes | str]]) -> SymbolTable:
@@ -59,7 +60,7 @@ def build_symbol_table(entries: Iterable[tuple[int, int, bytes | str]]) -> Symbo
     are computed, so a size-0 alias never ends where it starts.
     """
     ordered = sorted(
-        ((start, size, name.encode() if isinstance(name, str) else name) for start, size, name in entries if start),
+        ((start, size, name.encode() if isinstance(name, str) else name) for start, size, name in entries if 0 < start < _TOP),
         key=lambda e: (e[0], -e[1]),
     )
     starts = array("Q")
@@ -78,7 +79,7 @@ def build_symbol_table(entries: Iterable[tuple[int, int, bytes | str]]) -> Symbo
     ends = array("Q", starts)
     for index, size in enumerate(sizes):
         if size:
-            ends[index] = min(starts[index] + size, (1 << 64) - 1)
+            ends[index] = min(starts[index] + size, _TOP)
         else:
             ends[index] = starts[index + 1] if index + 1 < len(starts) else starts[index] + 1
     return SymbolTable(starts, ends, offsets, b"".join(names))
