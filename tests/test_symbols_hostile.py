@@ -22,52 +22,13 @@ import pytest
 from antiprof_core.codec import window_from_dict
 from antiprof_core.model import ProfileWindow
 from antiprof_core.testing import antiprof_command, require_bpf
-from antiprof_core.testing.workloads import compile_c
+from antiprof_core.testing.workloads import build_jit_workload
 
 pytestmark = pytest.mark.bpf
 
 USER = "antiprof-hostile"
 SECRET = "ROOT_ONLY_SECRET_7c1e"
 HONEST_NAME = "jit_honest_function"
-
-# Calls a counting loop placed in anonymous executable memory (as a JIT would), so every sample's
-# leaf is there and the agent must consult the process's perf map to name it.
-SPIN_SOURCE = r"""
-#include <stdio.h>
-#include <stdlib.h>
-#include <string.h>
-#include <sys/mman.h>
-#include <time.h>
-#include <unistd.h>
-
-#if defined(__x86_64__)
-static const unsigned char code[] = {0xB9, 0x00, 0x00, 0x1E, 0x00, 0xFF, 0xC9, 0x75, 0xFC, 0xC3};
-#elif defined(__aarch64__)
-static const unsigned int code[] = {0x52A003C0, 0x71000400, 0x54FFFFE1, 0xD65F03C0};
-#else
-#error "x86_64 or aarch64 only"
-#endif
-
-__attribute__((noinline)) void run_jit(void (*jit)(void)) { jit(); }
-
-int main(int argc, char **argv) {
-    double seconds = argc > 1 ? atof(argv[1]) : 60;
-    void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-    if (page == MAP_FAILED) return 1;
-    memcpy(page, code, sizeof code);
-    __builtin___clear_cache((char *)page, (char *)page + sizeof code);
-    printf("%lx\n", (unsigned long)page);
-    fflush(stdout);
-    struct timespec start, now;
-    clock_gettime(CLOCK_MONOTONIC, &start);
-    do {
-        run_jit((void (*)(void))page);
-        usleep(1000);
-        clock_gettime(CLOCK_MONOTONIC, &now);
-    } while (now.tv_sec - start.tv_sec < seconds);
-    return 0;
-}
-"""
 
 # How each hostile process prepares /tmp/perf-$$.map before exec'ing the spinner ($1: the secret)
 PREPARE = {
@@ -143,7 +104,7 @@ def hostile_run() -> Iterator[Run]:
     secret = private / "secret"
     secret.write_text(f"1 fffffffffffff {SECRET}\n")  # as a perf map it would name every address
     os.chmod(secret, 0o600)
-    spin = compile_c(SPIN_SOURCE, shared / "spin")
+    spin = build_jit_workload(shared, "spin")
     huge = shared / "spin_huge"
     huge.write_bytes(spin.read_bytes())
     claim_huge_symtab(huge)
