@@ -107,6 +107,13 @@ class SamplerConfig:
 
 
 @frozen
+class SymbolizerConfig:
+    """``[symbolizer]``: memory for symbol tables of the files processes map, in MiB."""
+
+    cache_mb: int = field(default=32, validator=between(1, 65_536))
+
+
+@frozen
 class ActiveConsumer:
     """A ``[consumers.NAME]`` section, resolved against the installed consumer types."""
 
@@ -121,6 +128,7 @@ class Config:
     agent: AgentConfig = field(factory=AgentConfig)
     sampler: SamplerConfig = field(factory=SamplerConfig)
     consumers: tuple[ActiveConsumer, ...] = ()
+    symbolizer: SymbolizerConfig = field(factory=SymbolizerConfig)
     path: Path | None = None  # where it was read from; None: built-in defaults
 
 
@@ -328,10 +336,13 @@ def build_config(
     path: Path | None = None,
 ) -> Config:
     data, problems = expand_env(data, environ)
-    unknown = sorted(set(data) - {"agent", "sampler", "consumers"})
-    problems += [_unknown_key(key, key, ["agent", "sampler", "consumers"]) for key in unknown]
+    unknown = sorted(set(data) - {"agent", "sampler", "consumers", "symbolizer"})
+    problems += [_unknown_key(key, key, ["agent", "sampler", "consumers", "symbolizer"]) for key in unknown]
     agent = _collect(problems, lambda: structure_section(data.get("agent", {}), AgentConfig, "agent"))
     sampler = _collect(problems, lambda: structure_section(data.get("sampler", {}), SamplerConfig, "sampler"))
+    symbolizer = _collect(
+        problems, lambda: structure_section(data.get("symbolizer", {}), SymbolizerConfig, "symbolizer")
+    )
     consumers: list[ActiveConsumer] = []
     sections = data.get("consumers", {})
     if not isinstance(sections, dict):
@@ -344,8 +355,8 @@ def build_config(
             consumers.append(active)
     if problems:
         raise ConfigError(problems)
-    assert agent is not None and sampler is not None
-    return Config(agent=agent, sampler=sampler, consumers=tuple(consumers), path=path)
+    assert agent is not None and sampler is not None and symbolizer is not None
+    return Config(agent=agent, sampler=sampler, consumers=tuple(consumers), symbolizer=symbolizer, path=path)
 
 
 def _collect(problems: list[str], make: Any) -> Any:
@@ -395,5 +406,6 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return {
         "agent": converter.unstructure(config.agent),
         "sampler": converter.unstructure(config.sampler),
+        "symbolizer": converter.unstructure(config.symbolizer),
         "consumers": consumers,
     }

@@ -16,10 +16,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client import CollectorRegistry, generate_latest
 
+from antiprof_core.config import ConfigError, PluginCatalog, build_config
 from antiprof_core.model import FrameKind
 from antiprof_core.symbolize.demangle import demangle
 from antiprof_core.symbolize.elf import read_elf
+from antiprof_core.symbolize.metrics import register_symbolizer_metrics
 from antiprof_core.symbolize.symbolizer import Symbolizer
 from antiprof_core.symbolize.symtab import build_symbol_table
 from antiprof_core.symbolize.untrusted import UnsafeFileError, open_untrusted
@@ -270,3 +273,24 @@ def test_untrusted_open_refuses_symlinks_fifos_and_strangers_files(tmp_path: Pat
         open_untrusted(root, "/regular", owners, 0)
     with pytest.raises(UnsafeFileError, match="owned by uid"):
         open_untrusted(root, "/regular", {12345}, 10)
+
+
+def test_symbolizer_section_sets_the_budget_and_is_validated() -> None:
+    config = build_config({"symbolizer": {"cache_mb": 64}}, PluginCatalog(), {})
+    assert config.symbolizer.cache_mb == 64 and build_config({}, PluginCatalog(), {}).symbolizer.cache_mb == 32
+    with pytest.raises(ConfigError) as error:
+        build_config({"symbolizer": {"cache_mb": 0}}, PluginCatalog(), {})
+    assert error.value.problems and error.value.problems[0].startswith("symbolizer.cache_mb")
+
+
+def test_cache_figures_are_served_as_prometheus_metrics(tmp_path: Path) -> None:
+    library = ctypes.CDLL(str(build(tmp_path, "metrics", ALIASES)))
+    symbolizer = Symbolizer()
+    symbolizer.user_frame(symbolizer.state(os.getpid()), symbol_address(library, "after_the_aliases"), leaf=True)
+    registry = CollectorRegistry()
+    register_symbolizer_metrics(registry, symbolizer)
+    text = generate_latest(registry).decode()
+    held = registry.get_sample_value("antiprof_symbolizer_cache_bytes")
+    assert held is not None and held > 1000
+    assert "antiprof_symbolizer_cache_evictions_total 0.0" in text
+    assert "antiprof_symbolizer_late_frames_total 0.0" in text

@@ -471,6 +471,7 @@ class BpfSampler:
         end_ns: int,
     ) -> ProfileWindow:
         symbolizer = self.symbolizer
+        deadline, late_before = time.monotonic() + float(self.config.window), symbolizer.late_frames
         kernel_stacks: dict[int, tuple[Frame, ...]] = {}
         user_stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
         samples = []
@@ -494,7 +495,7 @@ class BpfSampler:
             user = user_stacks.get((tgid, user_id))
             if user is None:
                 addresses = stacks.get(user_id, ())
-                user = symbolizer.user_stack(states[tgid], addresses) if addresses and tgid else ()
+                user = symbolizer.user_stack(states[tgid], addresses, deadline) if addresses and tgid else ()
                 user_stacks[(tgid, user_id)] = user
             samples.append(
                 Sample(
@@ -509,6 +510,11 @@ class BpfSampler:
             )
         for pid, name in names.items():
             processes[pid] = Process(pid=0, name="swapper") if pid == 0 else symbolizer.process(pid, name)
+        if symbolizer.late_frames > late_before:
+            self.logger.warning(
+                "naming ran past the next window's end: %d frames delivered with raw addresses",
+                symbolizer.late_frames - late_before,
+            )
         stack_errors = {name: counters[name] for name in STACK_ERROR_NAMES}
         lost = counters["samples_lost"]
         overflow = counters["counts_map_full"] + counters["user_map_full"] + counters["kernel_map_full"]

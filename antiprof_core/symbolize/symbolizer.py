@@ -239,6 +239,10 @@ class Symbolizer:
 
     # --- accounting ---------------------------------------------------------------------
 
+    def set_cache_budget(self, cache_bytes: int) -> None:
+        """The ``symbolizer.cache_mb`` budget, in bytes; applies from the next file read."""
+        self.files.budget_bytes = cache_bytes
+
     def stats(self) -> dict[str, int]:
         """Figures for the agent's metrics."""
         return {

@@ -59,10 +59,12 @@ def build_symbol_table(entries: Iterable[tuple[int, int, bytes | str]]) -> Symbo
     Aliases (several names at one start) keep the largest; the others are dropped before ends
     are computed, so a size-0 alias never ends where it starts.
     """
-    ordered = sorted(
-        ((start, size, name.encode() if isinstance(name, str) else name) for start, size, name in entries if 0 < start < _TOP),
-        key=lambda e: (e[0], -e[1]),
+    encoded = (
+        (start, size, name.encode() if isinstance(name, str) else name)
+        for start, size, name in entries
+        if 0 < start < _TOP
     )
+    ordered = sorted(encoded, key=lambda e: (e[0], -e[1]))
     starts = array("Q")
     sizes: list[int] = []
     offsets = array("Q", [0])
