@@ -4,7 +4,9 @@ budget, the naming deadline, and safe opening."""
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import os
 import select
 import shutil
@@ -192,32 +194,40 @@ def test_jit_perf_map_is_read_from_the_containers_own_tmp(jit_in_a_container: tu
     assert frame is not None and (frame.symbol, frame.offset, frame.kind) == ("jit_in_container", 4, FrameKind.JIT)
 
 
+@functools.lru_cache(maxsize=4)
+def middle_function(path: str) -> tuple[int, str]:
+    """(file offset, name) of the middle function of an ELF file's symbol table."""
+    info = read_elf(path)
+    index = len(info.symbols) // 2
+    vaddr = info.symbols.starts[index]
+    segment = next(s for s in info.segments if s.vaddr <= vaddr < s.vaddr + s.file_size)
+    return vaddr - segment.vaddr + segment.file_offset, info.symbols.name(index)
+
+
 def libc_function_address(pid: int) -> tuple[int, str]:
-    """A function of ``pid``'s libc and where it is: its ELF address moved by the mapping's load bias."""
+    """A function of ``pid``'s libc and where it is: its file offset moved by the mapping."""
     for line in Path(f"/proc/{pid}/maps").read_text().splitlines():
         parts = line.split()
         if len(parts) >= 6 and "x" in parts[1] and "libc.so" in parts[5]:
-            info = read_elf(parts[5])
-            index = len(info.symbols) // 2
-            vaddr = info.symbols.starts[index]
-            segment = next(s for s in info.segments if s.vaddr <= vaddr < s.vaddr + s.file_size)
-            file_offset = vaddr - segment.vaddr + segment.file_offset
-            return int(parts[0].split("-")[0], 16) + file_offset - int(parts[2], 16), info.symbols.name(index)
+            file_offset, name = middle_function(parts[5])
+            return int(parts[0].split("-")[0], 16) + file_offset - int(parts[2], 16), name
     raise AssertionError("no libc mapping")
 
 
-def test_a_new_process_of_a_known_binary_reads_no_file_again() -> None:
-    first = subprocess.Popen(["sleep", "30"])
-    second = subprocess.Popen(["sleep", "30"])
+def test_a_new_process_of_a_known_binary_reads_no_file_again(tmp_path: Path) -> None:
+    program = build_jit_workload(tmp_path)
+    first = subprocess.Popen([str(program), "30"], stdout=subprocess.DEVNULL)
+    second = subprocess.Popen([str(program), "30"], stdout=subprocess.DEVNULL)
     try:
-        time.sleep(0.2)  # let both exec
+        wait_for_libc(first.pid, program)
+        wait_for_libc(second.pid, program)
         symbolizer = Symbolizer()
         first_address, function = libc_function_address(first.pid)
         first_frame = symbolizer.user_frame(symbolizer.state(first.pid), first_address, leaf=True)
         reads = symbolizer.files.reads
         second_address, _ = libc_function_address(second.pid)
         second_frame = symbolizer.user_frame(symbolizer.state(second.pid), second_address, leaf=True)
-        assert symbolizer.files.reads == reads  # build IDs and symbols of sleep and libc: all shared
+        assert symbolizer.files.reads == reads  # build IDs and symbols of the program and libc: all shared
         assert first_frame.symbol == second_frame.symbol == function
         assert second_frame.mapping is not None and first_frame.mapping is not None
         assert second_frame.mapping.build_id == first_frame.mapping.build_id
@@ -294,3 +304,52 @@ def test_cache_figures_are_served_as_prometheus_metrics(tmp_path: Path) -> None:
     assert held is not None and held > 1000
     assert "antiprof_symbolizer_cache_evictions_total 0.0" in text
     assert "antiprof_symbolizer_late_frames_total 0.0" in text
+
+
+def wait_for_libc(pid: int, program: Path) -> int:
+    """Once ``pid`` has exec'd ``program`` (before that it is a copy of this Python), its libc address."""
+    deadline = time.monotonic() + 10
+    while True:
+        if os.readlink(f"/proc/{pid}/exe") == str(program):
+            with contextlib.suppress(AssertionError):  # ld.so maps libc just after the exec
+                address = libc_function_address(pid)[0]
+                if "jit_spin" in Path(f"/proc/{pid}/maps").read_text():
+                    return address
+        assert time.monotonic() < deadline, f"{program} did not start"
+        time.sleep(0.01)
+
+
+def churn_round(symbolizer: Symbolizer, count: int, program: Path) -> None:
+    """``count`` short processes named while alive, then gone and forgotten."""
+    processes = [subprocess.Popen([str(program), "30"], stdout=subprocess.DEVNULL) for _ in range(count)]
+    for process in processes:
+        address = wait_for_libc(process.pid, program)
+        assert symbolizer.user_frame(symbolizer.state(process.pid), address, leaf=True).symbol
+    for process in processes:
+        process.kill()
+        process.wait()
+    symbolizer.end_window()
+    symbolizer.end_window()
+
+
+def test_state_of_gone_processes_is_freed(tmp_path: Path) -> None:
+    """Measured with tracemalloc: a second round of 40 processes leaves nothing behind."""
+    import gc
+    import tracemalloc
+
+    program = build_jit_workload(tmp_path)
+    symbolizer = Symbolizer()
+    churn_round(symbolizer, 5, program)  # warms the file cache, which is meant to stay
+    tracemalloc.start()
+    try:
+        churn_round(symbolizer, 40, program)
+        gc.collect()
+        before, _ = tracemalloc.get_traced_memory()
+        churn_round(symbolizer, 40, program)
+        gc.collect()
+        after, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert len(symbolizer.processes) == 0 and symbolizer.known_pids() == []
+    assert after - before < 40 * 1024, f"{after - before} bytes kept after 40 processes came and went"
+    assert peak - before > 40 * 1024  # the processes did cost something while they were alive
