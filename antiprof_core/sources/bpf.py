@@ -471,7 +471,7 @@ class BpfSampler:
         end_ns: int,
     ) -> ProfileWindow:
         symbolizer = self.symbolizer
-        deadline, late_before = time.monotonic() + float(self.config.window), symbolizer.late_frames
+        deadline, late_before = symbolizer.naming_deadline(float(self.config.window)), symbolizer.late_frames
         kernel_stacks: dict[int, tuple[Frame, ...]] = {}
         user_stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
         samples = []

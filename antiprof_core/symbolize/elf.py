@@ -91,9 +91,13 @@ def _section_bytes(elf: ELFFile, section: Any, limit: int) -> bytes:
     return data
 
 
-def _sections(elf: ELFFile) -> Iterator[Any]:
-    for index in range(min(elf.num_sections(), MAX_SECTIONS_SCANNED)):
-        yield elf.get_section(index)
+def _sections(elf: ELFFile) -> list[Any]:
+    """The section objects, parsed once per file (pyelftools parses a header on every get_section)."""
+    sections: list[Any] | None = getattr(elf, "_antiprof_sections", None)
+    if sections is None:
+        sections = [elf.get_section(index) for index in range(min(elf.num_sections(), MAX_SECTIONS_SCANNED))]
+        setattr(elf, "_antiprof_sections", sections)  # noqa: B010
+    return sections
 
 
 def _symbol_entries(elf: ELFFile) -> list[tuple[int, int, bytes]]:
@@ -104,9 +108,9 @@ def _symbol_entries(elf: ELFFile) -> list[tuple[int, int, bytes]]:
         if not isinstance(section, SymbolTableSection) or section["sh_type"] == "SHT_NOBITS":
             continue
         data = _section_bytes(elf, section, SYMBOL_SECTION_MAX_BYTES)
-        if not 0 < section["sh_link"] < elf.num_sections():
+        if not 0 < section["sh_link"] < len(_sections(elf)):
             continue
-        strings = _section_bytes(elf, elf.get_section(section["sh_link"]), SYMBOL_SECTION_MAX_BYTES)
+        strings = _section_bytes(elf, _sections(elf)[section["sh_link"]], SYMBOL_SECTION_MAX_BYTES)
         if elf.elfclass == 64:
             records: Iterator[tuple[int, int, int, int, int]] = (
                 (name, info, shndx, value, size)

@@ -161,11 +161,12 @@ class FileCache:
         if isinstance(exc, FileNotFoundError) or (isinstance(exc, OSError) and exc.errno == errno.ENOENT):
             self._logger.debug("cannot open %s: %s", path, exc)
             return
-        with self._lock:
-            self.errors += 1
-            first = key not in self._logged and len(self._logged) < MAX_LOGGED_ERRORS
+        with self._lock:  # a file evicted and read again is not counted or logged again
+            first = key not in self._logged
             if first:
-                self._logged.add(key)
+                self.errors += 1
+                if len(self._logged) < MAX_LOGGED_ERRORS:
+                    self._logged.add(key)
         if first:
             self._logger.warning("cannot read ELF file %s: %s", path, _one_line(exc))
 

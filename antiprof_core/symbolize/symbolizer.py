@@ -9,8 +9,9 @@ identity; names themselves are shared across processes by (file, offset).
 Return addresses (every frame but the leaf) are looked up one byte back, so a call that is the
 last instruction of a function is charged to that function, not to the next one.
 
-Naming has a deadline: past it, frames that would need a file read are delivered with their
-raw address (and mapping) and counted in ``late_frames``; the sampler never falls behind.
+Naming has a deadline (``naming_deadline``: the next window's end, at least 10 s away): past it,
+frames that would need a file read are delivered with their raw address (and mapping) and
+counted in ``late_frames``, and named in a later window; the sampler never falls far behind.
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ __all__ = ["ANON_PATH", "VDSO_PATH", "LruCache", "ProcessState", "Symbolizer"]
 ANON_PATH = "//anon"  # perf's name for anonymous executable memory (JIT code)
 VDSO_PATH = "[vdso]"
 NAME_CACHE_ENTRIES = 20_000
+MIN_NAMING_SECONDS = 10.0  # short windows still get this long: start-up reads every mapped file once
 DEFAULT_CACHE_BYTES = 32 << 20
 
 
@@ -133,6 +135,15 @@ class Symbolizer:
 
     # --- frames -------------------------------------------------------------------------
 
+    @staticmethod
+    def naming_deadline(window_seconds: float) -> float:
+        """The ``deadline`` for naming a window that has just ended: the next window's end.
+
+        Never less than MIN_NAMING_SECONDS away, so that with short windows the first ones (when
+        every file mapped on the host is read once) are still named rather than left raw.
+        """
+        return time.monotonic() + max(window_seconds, MIN_NAMING_SECONDS)
+
     def kernel_frame(self, address: int, leaf: bool) -> Frame:
         return self.kernel.frame(address, leaf)
 
@@ -169,7 +180,8 @@ class Symbolizer:
             self.late_frames += 1
             mapping = state.mappings[index] if index is not None else None
             return Frame(address, FrameKind.NATIVE, None, 0, mapping)
-        state.remember(frames, address, frame)
+        if frame.symbol is not None or (index is not None and not state.anonymous[index]):
+            state.remember(frames, address, frame)  # unnamed JIT code may be in the perf map next window
         return frame
 
     def _refresh(self, state: ProcessState) -> None:

@@ -59,22 +59,21 @@ def build_symbol_table(entries: Iterable[tuple[int, int, bytes | str]]) -> Symbo
     Aliases (several names at one start) keep the largest; the others are dropped before ends
     are computed, so a size-0 alias never ends where it starts.
     """
-    encoded = (
-        (start, size, name.encode() if isinstance(name, str) else name)
+    ordered = sorted(  # by start, the largest first among aliases; tuples compare in C, no key function
+        (start, -size, name.encode() if isinstance(name, str) else name)
         for start, size, name in entries
         if 0 < start < _TOP
     )
-    ordered = sorted(encoded, key=lambda e: (e[0], -e[1]))
     starts = array("Q")
     sizes: list[int] = []
     offsets = array("Q", [0])
     names: list[bytes] = []
     total = 0
-    for start, size, name in ordered:
+    for start, negative_size, name in ordered:
         if starts and starts[-1] == start:
             continue
         starts.append(start)
-        sizes.append(size)
+        sizes.append(-negative_size)
         names.append(name)
         total += len(name)
         offsets.append(total)
