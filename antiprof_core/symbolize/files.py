@@ -54,8 +54,11 @@ class ProcessView:
 
     @classmethod
     def of(cls, pid: int, uid: int | None, proc: Path) -> ProcessView:
+        """Read while the process is alive: a process that shares the agent's mount namespace and
+        root is opened through ``/`` (still there after it exits, when its samples are named);
+        any other (containers, chroots) through ``/proc/PID/root``."""
         owners = frozenset({0} if uid is None or uid < 0 else {0, uid})
-        return cls(pid, f"{proc}/{pid}/root", owners)
+        return cls(pid, "/" if _shares_our_root(pid, proc) else f"{proc}/{pid}/root", owners)
 
     def open(self, path: str, max_bytes: int, inode: int = 0) -> tuple[int, os.stat_result]:
         """(fd, stat) of ``path`` in this process's view; raises OSError.
@@ -70,6 +73,14 @@ class ProcessView:
             os.close(fd)
             raise UnsafeFileError(errno.ESTALE, "not the file the process mapped", path)
         return fd, info
+
+
+def _shares_our_root(pid: int, proc: Path) -> bool:
+    try:
+        same_namespace = os.stat(f"{proc}/{pid}/ns/mnt").st_ino == os.stat(f"{proc}/self/ns/mnt").st_ino
+        return same_namespace and os.readlink(f"{proc}/{pid}/root") == "/"
+    except OSError:
+        return False
 
 
 @frozen

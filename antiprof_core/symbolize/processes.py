@@ -90,7 +90,7 @@ def placeholder(pid: int, name: str, proc: Path) -> ProcessState:
         executable=None,
         command_line=(),
         container_id=None,
-        view=ProcessView.of(pid, None, proc),
+        view=ProcessView(pid, f"{proc}/{pid}/root", frozenset({0})),
         namespace_pid=pid,
         entries=[],
     )
