@@ -83,6 +83,7 @@ class Agent:
         if not self.router.workers:
             self.logger.warning("no consumers are configured: windows are sampled and discarded")
         source = make_source(self.config, self.host, self.logger.getChild("sampler"))
+        _configure_symbolizer(source, self.config, self.metrics)
         try:
             source.start()
         except SourceUnavailable as exc:
@@ -146,3 +147,14 @@ class Agent:
         window = source.collect()
         self.router.publish(window)
         self.sampler_metrics.record(window.counters)
+
+
+def _configure_symbolizer(source: WindowSource, config: Config, registry: CollectorRegistry) -> None:
+    """The ``[symbolizer]`` section and its metrics, for sources that name frames."""
+    from antiprof_core.symbolize import Symbolizer
+    from antiprof_core.symbolize.metrics import register_symbolizer_metrics
+
+    symbolizer = getattr(source, "symbolizer", None)
+    if isinstance(symbolizer, Symbolizer):
+        symbolizer.set_cache_budget(config.symbolizer.cache_mb << 20)
+        register_symbolizer_metrics(registry, symbolizer)

@@ -148,6 +148,13 @@ class SamplerConfig:
 
 
 @frozen
+class SymbolizerConfig:
+    """``[symbolizer]``: memory for symbol tables of the files processes map, in MiB."""
+
+    cache_mb: int = field(default=32, validator=between(1, 65_536))
+
+
+@frozen
 class ActiveConsumer:
     """A ``[consumers.NAME]`` section, resolved against the installed consumer types."""
 
@@ -162,6 +169,7 @@ class Config:
     agent: AgentConfig = field(factory=AgentConfig)
     sampler: SamplerConfig = field(factory=SamplerConfig)
     consumers: tuple[ActiveConsumer, ...] = ()
+    symbolizer: SymbolizerConfig = field(factory=SymbolizerConfig)
     path: Path | None = None  # where it was read from; None: built-in defaults
     source: SourceType[Any] = field(factory=lambda: builtin_sources()["bpf"])  # sampler.source, resolved
     source_options: Any = None  # its [sampler.NAME] table, structured into source.config_class
@@ -445,8 +453,8 @@ def build_config(
     if nested:
         raise ConfigError([nested])
     data, problems = expand_env(data, environ)
-    unknown = sorted(set(data) - {"agent", "sampler", "consumers"})
-    problems += [_unknown_key(key, key, ["agent", "sampler", "consumers"]) for key in unknown]
+    unknown = sorted(set(data) - {"agent", "sampler", "consumers", "symbolizer"})
+    problems += [_unknown_key(key, key, ["agent", "sampler", "consumers", "symbolizer"]) for key in unknown]
     agent = _collect(problems, lambda: structure_section(data.get("agent", {}), AgentConfig, "agent"))
     sampler_data = data.get("sampler", {})
     plugin_tables: dict[str, Any] = {}
@@ -461,6 +469,9 @@ def build_config(
         if found is not None:
             source, options = found
         problems += _kernel_memory_problems(sampler)
+    symbolizer = _collect(
+        problems, lambda: structure_section(data.get("symbolizer", {}), SymbolizerConfig, "symbolizer")
+    )
     consumers: list[ActiveConsumer] = []
     sections = data.get("consumers", {})
     if not isinstance(sections, dict):
@@ -473,9 +484,15 @@ def build_config(
             consumers.append(active)
     if problems:
         raise ConfigError(problems)
-    assert agent is not None and sampler is not None and source is not None
+    assert agent is not None and sampler is not None and source is not None and symbolizer is not None
     return Config(
-        agent=agent, sampler=sampler, consumers=tuple(consumers), path=path, source=source, source_options=options
+        agent=agent,
+        sampler=sampler,
+        consumers=tuple(consumers),
+        symbolizer=symbolizer,
+        path=path,
+        source=source,
+        source_options=options,
     )
 
 
@@ -599,5 +616,6 @@ def config_to_dict(config: Config) -> dict[str, Any]:
     return {
         "agent": converter.unstructure(config.agent),
         "sampler": converter.unstructure(config.sampler),
+        "symbolizer": converter.unstructure(config.symbolizer),
         "consumers": consumers,
     }

@@ -9,6 +9,7 @@ PACKAGES=(
   linux-headers-amd64  # BCC compiles the BPF program at load time
   gcc make         # test workloads are C programs built by the tests
   binutils         # objcopy, strip, readelf: symbolizer tests make stripped files and debug links
+  g++ libstdc++6   # a C++ program built in a test; libstdc++ demangles C++ and Rust names (cxxfilt)
   golang-go        # `go tool pprof` reads our pprof output in tests
   chromium         # headless: flame graph HTML tests
   gdb              # unwinding tests compare our native stack walk with gdb's backtrace

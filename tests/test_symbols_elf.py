@@ -89,7 +89,7 @@ def test_return_addresses_are_charged_to_the_calling_function(tmp_path: Path) ->
     state = symbolizer.state(os.getpid())
     start = address_of(library, "antiprof_exported")
     table = read_elf(library_path).symbols
-    index = table.names.index("antiprof_exported")
+    index = table.index_of("antiprof_exported")
     just_past = start + (table.ends[index] - table.starts[index])  # a return address at the very end
     assert symbolizer.user_frame(state, just_past, leaf=False).symbol == "antiprof_exported"
 
@@ -102,7 +102,7 @@ def test_stripped_library_is_named_from_its_debug_file_by_build_id(tmp_path: Pat
     debug_file = debug_root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
     debug_file.parent.mkdir(parents=True)
     split_debug(library_path, debug_file)
-    assert "antiprof_hidden_helper" not in read_elf(library_path, debug_root=tmp_path / "nowhere").symbols.names
+    assert "antiprof_hidden_helper" not in read_elf(library_path, debug_root=tmp_path / "nowhere").symbols.names()
     library = ctypes.CDLL(str(library_path))
     symbolizer = Symbolizer(debug_root=debug_root)
     frame = symbolizer.user_frame(symbolizer.state(os.getpid()), hidden_address(library), leaf=True)
@@ -120,7 +120,7 @@ def test_stripped_library_is_named_from_its_debug_file_by_debuglink(tmp_path: Pa
     info = read_elf(library_path, debug_root=tmp_path / "nowhere")
     assert info.debuglink == "libdebuglink.so.debug"
     assert info.symbols_from == str(debug_file)
-    assert "antiprof_hidden_helper" in info.symbols.names
+    assert "antiprof_hidden_helper" in info.symbols.names()
 
 
 def test_perf_map_names_jit_code_and_the_latest_entry_wins() -> None:

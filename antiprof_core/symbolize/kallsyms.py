@@ -2,34 +2,86 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from pathlib import Path
+from typing import Generic, TypeVar
 
-from antiprof_core.symbolize.elf import SymbolTable
+from antiprof_core.model import Frame, FrameKind, Mapping
+from antiprof_core.symbolize.symtab import EMPTY, SymbolTable, build_symbol_table
 
 _TEXT_TYPES = frozenset("tTwW")
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class LruCache(Generic[K, V]):
+    """A dict that forgets its least recently used entries beyond ``capacity``."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[K, V] = OrderedDict()
+
+    def get(self, key: K) -> V | None:
+        value = self._items.get(key)
+        if value is not None:
+            self._items.move_to_end(key)
+        return value
+
+    def __contains__(self, key: K) -> bool:
+        return key in self._items
+
+    def put(self, key: K, value: V) -> None:
+        self._items[key] = value
+        self._items.move_to_end(key)
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+
+    def __len__(self) -> int:
+        return len(self._items)
 
 
 def read_kallsyms(path: Path = Path("/proc/kallsyms")) -> SymbolTable:
     """Text symbols; each reaches to the next one. Empty when addresses are hidden (kptr_restrict)."""
-    entries: list[tuple[int, str]] = []
+    entries: list[tuple[int, int, bytes]] = []
     try:
-        with path.open() as handle:
+        with path.open("rb") as handle:
             for line in handle:
                 parts = line.split(None, 3)
-                if len(parts) < 3 or parts[1] not in _TEXT_TYPES:
+                if len(parts) < 3 or parts[1].decode(errors="replace") not in _TEXT_TYPES:
                     continue
                 address = int(parts[0], 16)
                 if address:
-                    entries.append((address, parts[2]))
-    except OSError:
-        return SymbolTable()
-    entries.sort()
-    starts: list[int] = []
-    names: list[str] = []
-    for address, name in entries:
-        if starts and starts[-1] == address:
-            continue
-        starts.append(address)
-        names.append(name)
-    ends = [*starts[1:], starts[-1] + 4096] if starts else []
-    return SymbolTable(tuple(starts), tuple(ends), tuple(names))
+                    entries.append((address, 0, parts[2]))
+    except (OSError, ValueError):
+        return EMPTY
+    table = build_symbol_table(entries)
+    if len(table):
+        table.ends[-1] = table.starts[-1] + 4096
+    return table
+
+
+class KernelSymbols:
+    """Kernel frames by (address, leaf), reused across windows; kallsyms read on first use."""
+
+    def __init__(self, kallsyms: Path, mapping: Mapping | None, capacity: int = 50_000) -> None:
+        self._path = kallsyms
+        self._mapping = mapping
+        self._table: SymbolTable | None = None
+        self._frames: LruCache[tuple[int, bool], Frame] = LruCache(capacity)
+
+    def frame(self, address: int, leaf: bool) -> Frame:
+        key = (address, leaf)
+        frame = self._frames.get(key)
+        if frame is not None:
+            return frame
+        if self._table is None:
+            self._table = read_kallsyms(self._path)
+        found = self._table.lookup(address if leaf else address - 1)
+        symbol, offset = (found[0], found[1] + (0 if leaf else 1)) if found else (None, 0)
+        frame = Frame(address=address, kind=FrameKind.KERNEL, symbol=symbol, offset=offset, mapping=self._mapping)
+        self._frames.put(key, frame)
+        return frame
+
+    @property
+    def nbytes(self) -> int:
+        return (self._table.nbytes if self._table is not None else 0) + 250 * len(self._frames)

@@ -54,13 +54,43 @@ def parse_maps_line(line: str) -> MapsEntry | None:
     )
 
 
-def read_maps(pid: int, proc: Path = PROC) -> list[MapsEntry]:
-    """Every mapping of ``pid``; empty when the process is gone or unreadable."""
+def read_maps(pid: int, proc: Path = PROC, executable_only: bool = False) -> list[MapsEntry]:
+    """Mappings of ``pid`` (only the executable ones if asked: the others never become objects).
+
+    Empty when the process is gone or unreadable.
+    """
     try:
         text = (proc / str(pid) / "maps").read_text()
     except (OSError, UnicodeDecodeError):
         return []
-    return [entry for entry in map(parse_maps_line, text.splitlines()) if entry is not None]
+    lines = text.splitlines()
+    if executable_only:
+        lines = [line for line in lines if line[line.find(" ") + 3 : line.find(" ") + 4] == "x"]
+    return [entry for entry in map(parse_maps_line, lines) if entry is not None]
+
+
+@frozen
+class Status:
+    """From /proc/PID/status: who owns the process and its PID in its own namespace."""
+
+    uid: int  # effective
+    namespace_pid: int  # the last NSpid field; the PID itself outside PID namespaces
+
+
+def read_status(pid: int, proc: Path = PROC) -> Status | None:
+    try:
+        text = (proc / str(pid) / "status").read_text(errors="replace")
+    except OSError:
+        return None
+    uid, namespace_pid = -1, pid
+    for line in text.splitlines():
+        if line.startswith("Uid:"):
+            fields = line.split()
+            uid = int(fields[2]) if len(fields) > 2 and fields[2].isdigit() else -1
+        elif line.startswith("NSpid:"):
+            fields = line.split()
+            namespace_pid = int(fields[-1]) if fields[-1].isdigit() else pid
+    return Status(uid=uid, namespace_pid=namespace_pid) if uid >= 0 else None
 
 
 def read_comm(pid: int, proc: Path = PROC) -> str | None:

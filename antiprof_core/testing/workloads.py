@@ -15,6 +15,7 @@ __all__ = [
     "SYSCALL_FUNCTION",
     "TWO_FUNCTION_CALLERS",
     "TWO_FUNCTION_SHARES",
+    "build_jit_workload",
     "build_many_stacks_workload",
     "build_syscall_workload",
     "build_two_function_workload",
@@ -215,3 +216,48 @@ def build_many_stacks_workload(directory: Path) -> Path:
 def build_syscall_workload(directory: Path) -> Path:
     """``prog SECONDS``: getppid() in a loop, entered from ``call_getppid`` itself."""
     return compile_c(_SYSCALL_SOURCE, Path(directory) / "syscall_loop")
+
+
+# A counting loop copied into anonymous executable memory, as a JIT would place code.
+_JIT_SOURCE = r"""
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <time.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+static const unsigned char code[] = {0xB9, 0x00, 0x00, 0x1E, 0x00, 0xFF, 0xC9, 0x75, 0xFC, 0xC3};
+#elif defined(__aarch64__)
+static const unsigned int code[] = {0x52A003C0, 0x71000400, 0x54FFFFE1, 0xD65F03C0};
+#else
+#error "x86_64 or aarch64 only"
+#endif
+
+__attribute__((noinline)) void run_jit(void (*jit)(void)) { jit(); }
+
+int main(int argc, char **argv) {
+    double seconds = argc > 1 ? atof(argv[1]) : 60;
+    void *page = mmap(NULL, 4096, PROT_READ | PROT_WRITE | PROT_EXEC, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (page == MAP_FAILED) return 1;
+    memcpy(page, code, sizeof code);
+    __builtin___clear_cache((char *)page, (char *)page + sizeof code);
+    printf("%lx\n", (unsigned long)page);
+    fflush(stdout);
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    do {
+        run_jit((void (*)(void))page);
+        usleep(1000);
+        clock_gettime(CLOCK_MONOTONIC, &now);
+    } while (now.tv_sec - start.tv_sec < seconds);
+    return 0;
+}
+"""
+
+
+def build_jit_workload(directory: Path, name: str = "jit_spin") -> Path:
+    """``prog SECONDS``: prints the address of its "JIT" page in hex, then calls the code there
+    (about 1 ms) once a millisecond; samples land in anonymous memory that only a perf map names."""
+    return compile_c(_JIT_SOURCE, Path(directory) / name)

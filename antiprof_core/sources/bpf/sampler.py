@@ -258,6 +258,8 @@ class BpfSampler:
             decode_stacks(keys, values, self.config.max_stack_depth, stacks, self._last_stacks)
         self._last_stacks = stacks
         symbolize_started = time.perf_counter()
+        deadline = self.symbolizer.naming_deadline(float(self.config.window))
+        late_before = self.symbolizer.late_frames
         window = build_window(
             raw,
             stacks,
@@ -268,11 +270,17 @@ class BpfSampler:
             host=self.host,
             frequency_hz=self.config.frequency_hz,
             mode=self.config.mode,
+            deadline=deadline,
         )
         self._window_start = end_ns
         warning = overflow_warning(counters, self.max_stacks)
         if warning:
             self.logger.warning("%s", warning)
+        if self.symbolizer.late_frames > late_before:
+            self.logger.warning(
+                "naming ran past the next window's end: %d frames delivered with raw addresses",
+                self.symbolizer.late_frames - late_before,
+            )
         self._forget_dead_processes()
         done = time.perf_counter()
         self.last_drain_seconds = symbolize_started - drain_started

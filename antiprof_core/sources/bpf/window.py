@@ -30,9 +30,11 @@ def build_window(
     host: Host,
     frequency_hz: int,
     mode: SamplingMode,
+    deadline: float | None = None,
 ) -> ProfileWindow:
     """Samples with named stacks (kernel frames first, then user frames), the processes they ran
-    in, and the window's counters. A stack hash absent from ``stacks`` gives no frames."""
+    in, and the window's counters. A stack hash absent from ``stacks`` gives no frames. Past
+    ``deadline`` (``time.monotonic()``), frames that need a file read stay raw and are counted."""
     kernel_stacks: dict[int, tuple[Frame, ...]] = {}
     user_stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
     samples = []
@@ -55,7 +57,7 @@ def build_window(
         user = user_stacks.get((tgid, user_hash))
         if user is None:
             addresses = stacks.get(user_hash, ()) if user_hash else ()
-            user = symbolizer.user_stack(states[tgid], addresses) if addresses and tgid else ()
+            user = symbolizer.user_stack(states[tgid], addresses, deadline) if addresses and tgid else ()
             user_stacks[(tgid, user_hash)] = user
         samples.append(
             Sample(

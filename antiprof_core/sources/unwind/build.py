@@ -24,7 +24,8 @@ def build_table(path: str, debug_root: Path = DEBUG_ROOT, name: str | None = Non
     sources: list[list[Fde]] = []
     _add(path, sections.eh_frame, True, sources, counts)
     _add(path, sections.debug_frame, False, sources, counts)
-    for candidate in debug_file_candidates(name or path, sections.build_id, sections.debuglink, debug_root):
+    for kind, where in debug_file_candidates(name or path, sections.build_id, sections.debuglink):
+        candidate = debug_root / where if kind == "debug" else Path(where)
         try:
             debug = read_sections(str(candidate))
         except UnwindInputError:
