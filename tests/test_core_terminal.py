@@ -69,7 +69,8 @@ def test_record_prints_a_hostile_process_name_escaped_and_writes_it_exactly(tmp_
     assert b"\x1b" not in result.stdout and b"\x07" not in result.stdout
     assert b"\x1b" not in result.stderr and b"\x07" not in result.stderr
     assert "spin\\x1b[2J\\x1b]0;pwned\\x07" in result.stdout.decode()  # the module column, escaped
-    windows = [json.loads(line) for line in (out / "antiprof.jsonl").read_text().splitlines()]
+    (written,) = out.glob("antiprof-*.jsonl")  # record names its JSON lines file after the run
+    windows = [json.loads(line) for line in written.read_text().splitlines()]
     processes = {p["pid"]: p for w in windows for p in w["processes"]}
     assert processes[workload.pid]["name"] == comm.decode()  # exact, not escaped
     assert processes[workload.pid]["executable"] == str(program)
