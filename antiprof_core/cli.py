@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -26,7 +27,7 @@ from antiprof_core.config import (
     load_config,
     resolve_config_path,
 )
-from antiprof_core.logs import configure_logging
+from antiprof_core.logs import configure_logging, quiet_grpc
 from antiprof_core.plugins import LoadedPlugins, load_plugins
 from antiprof_core.summary import HottestFunctions
 from antiprof_core.units import Duration, parse_duration
@@ -79,7 +80,15 @@ def _log_options(function: Any) -> Any:
     )(function)
 
 
-def _run_agent(agent: Agent, duration: float | None) -> int:
+def _run_agent(agent: Agent, duration: float | None, reload: Callable[[], Config] | None = None) -> int:
+    def on_reload(_signum: int, _frame: Any) -> None:
+        assert reload is not None
+        agent.logger.info("SIGHUP received: re-reading the config")
+        agent.request_reload(reload)
+
+    if reload is not None:
+        signal.signal(signal.SIGHUP, on_reload)
+
     def on_signal(signum: int, _frame: Any) -> None:
         agent.logger.info("%s received: delivering the last window and shutting down", signal.Signals(signum).name)
         agent.stop()
@@ -98,6 +107,7 @@ def _run_agent(agent: Agent, duration: float | None) -> int:
 @click.version_option(__version__, prog_name="antiprof")
 def main() -> None:
     """antiprof: a continuous CPU profiler for Linux (eBPF sampling, plugin sinks)."""
+    quiet_grpc()  # before any plugin imports grpc
 
 
 @main.command()
@@ -109,13 +119,28 @@ def main() -> None:
     help="Config file [default: $ANTIPROF_CONFIG, else /etc/antiprof/antiprof.toml if present]",
 )
 @click.option("--duration", type=DurationParam(), help="Stop after this long (e.g. 30s); default: until a signal.")
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Write the agent's pid here once sampling has started; removed when it stops.",
+)
 @_log_options
-def run(config_path: str | None, duration: Duration | None, log_format: str, log_level: str) -> None:
-    """Run the agent until SIGINT/SIGTERM or the duration ends."""
+def run(
+    config_path: str | None, duration: Duration | None, ready_file: Path | None, log_format: str, log_level: str
+) -> None:
+    """Run the agent until SIGINT/SIGTERM or the duration ends; SIGHUP re-reads the config."""
     logger = configure_logging(log_format, log_level)
     plugins = load_plugins()
     config = _load(config_path, plugins)
-    sys.exit(_run_agent(Agent(config, logger), duration))
+    path = config.path
+
+    def reload() -> Config:
+        if path is None:
+            raise ConfigError(["no config file to re-read: the agent started with built-in defaults"])
+        return load_config(path, plugins.catalog)
+
+    sys.exit(_run_agent(Agent(config, logger, ready_file=ready_file), duration, reload))
 
 
 @main.command()
