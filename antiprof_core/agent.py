@@ -36,8 +36,8 @@ class AgentError(Exception):
 ConfigLoader = Callable[[], Config]
 """Re-reads the config for a reload; raises ConfigError with one line per problem."""
 
-READY_MESSAGE = "ready: sampling at %d Hz, %s windows, to %s"
-"""Logged once the sampler is attached (and again after a sampler restart); tests wait for 'ready:'."""
+READY_MESSAGE = "sampling at %d Hz, %s windows, to %s: attached and ready"
+"""Logged once the sampler is attached (and again after a sampler restart); tests may wait for "attached and ready"."""
 
 # Agent fields whose new value needs a restart (the host identity and the listening socket are fixed).
 _RESTART_ONLY = ("node_name", "cluster_name", "metrics_address")

@@ -8,6 +8,7 @@ as JSON records. gRPC's core is silenced by default; ``ANTIPROF_GRPC_LOG`` turns
 from __future__ import annotations
 
 import atexit
+import contextlib
 import json
 import logging
 import os
@@ -79,10 +80,8 @@ class _StderrRelay:
                 self._other.warning("%s", line)
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(OSError, ValueError):
             sys.stderr.flush()
-        except (OSError, ValueError):
-            pass
         os.dup2(self.real_stderr_fd, 2)  # the pipe's last writer closes: the relay reads to EOF
         self._thread.join(timeout=2)
 

@@ -97,10 +97,7 @@ def _app(registry: CollectorRegistry, health: Health) -> Callable[..., Iterable[
     def app(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
         path = environ.get("PATH_INFO", "")
         if path in ("/healthz", "/readyz"):
-            if path == "/readyz":
-                problem = None if health.ready else "not attached yet"
-            else:
-                problem = health.problem()
+            problem = (None if health.ready else "not attached yet") if path == "/readyz" else health.problem()
             status = "200 OK" if problem is None else "503 Service Unavailable"
             body = ("ok" if problem is None else problem).encode() + b"\n"
             start_response(status, [("Content-Type", "text/plain; charset=utf-8"), ("Content-Length", str(len(body)))])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import signal
 from pathlib import Path
@@ -53,8 +54,8 @@ def test_sighup_restarts_only_the_changed_sink_and_loses_no_window(tmp_path: Pat
 
     every = windows(kept)
     # The unchanged sink and the sampler ran straight through: one start-up, contiguous windows.
-    assert agent.stderr.count("ready: sampling") == 1, agent.stderr
-    assert all(previous[1] == following[0] for previous, following in zip(every, every[1:], strict=False))
+    assert agent.stderr.count("attached and ready") == 1, agent.stderr
+    assert all(previous[1] == following[0] for previous, following in itertools.pairwise(every))
     # The changed sink was flushed and closed at the reload and its successor took over: together
     # they saw every window the agent made, each once.
     split = windows(before) + windows(after)
@@ -75,14 +76,15 @@ def test_sighup_restarts_the_sampler_only_when_its_section_changed(tmp_path: Pat
         wait_until(lambda: len(windows(kept)) >= 3, what="3 windows before the reload")
         config.write_text(config_text(tmp_path, "changed.jsonl", window="400ms"))
         agent.signal(signal.SIGHUP)
-        wait_until(lambda: agent.stderr.count("ready: sampling") == 2, what="the sampler to restart")
+        wait_until(lambda: agent.stderr.count("attached and ready") == 2, what="the sampler to restart")
         reloaded_at = len(windows(kept))
         wait_until(lambda: len(windows(kept)) >= reloaded_at + 3, what="3 windows after the reload")
     assert agent.returncode == 0, agent.stderr
     every = windows(kept)
     assert windows(tmp_path / "changed.jsonl") == every  # its section did not change: one sink throughout
     # The old sampler's partial window was delivered; the new one starts right after it.
-    assert all(0 <= following[0] - previous[1] < 1_000_000_000 for previous, following in zip(every, every[1:], strict=False))
+    gaps = [following[0] - previous[1] for previous, following in itertools.pairwise(every)]
+    assert all(0 <= gap < 1_000_000_000 for gap in gaps), gaps
     later = [end - start for start, end in every[reloaded_at + 1 : -1]]
     assert later and all(0.35e9 < length < 0.6e9 for length in later), later
     assert "[sampler] changed; restarting the sampler" in agent.stderr

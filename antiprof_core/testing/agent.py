@@ -10,7 +10,7 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -27,8 +27,9 @@ class AgentNotReady(AssertionError):
 class RunningAgent:
     """``with RunningAgent(config, tmp_path) as agent:`` returns once the agent is attached.
 
-    Leaving the block sends SIGTERM (the last window is delivered) and waits; ``stderr`` then holds
-    everything the agent logged, and ``returncode`` its exit status.
+    ``env`` is the agent's whole environment (default: this process's). Leaving the block sends
+    SIGTERM (the last window is delivered) and waits; ``stderr`` then holds everything the agent
+    logged, and ``returncode`` its exit status.
     """
 
     def __init__(
@@ -36,13 +37,13 @@ class RunningAgent:
         config: Path,
         directory: Path,
         args: Sequence[str] = (),
-        env: dict[str, str] | None = None,
+        env: Mapping[str, str] | None = None,
         ready_timeout: float = READY_TIMEOUT,
     ) -> None:
         self.ready_file = directory / "agent.ready"
         self._stderr_path = directory / "agent.stderr"
         self._command = antiprof_command("run", "-c", str(config), "--ready-file", str(self.ready_file), *args)
-        self._env = {**os.environ, **(env or {})}
+        self._env = dict(os.environ if env is None else env)
         self._ready_timeout = ready_timeout
         self.process: subprocess.Popen[bytes] | None = None
         self.returncode: int | None = None

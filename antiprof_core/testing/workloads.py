@@ -207,7 +207,7 @@ def compile_c(source: str, output: Path) -> Path:
 
 
 def build_two_function_workload(directory: Path) -> Path:
-    """``prog [SECONDS]`` (default: until killed): each 30 ms of CPU time, 20 ms go to work_heavy and 10 ms to work_light."""
+    """``prog [SECONDS]`` (default: until killed): of each 30 ms of CPU time, 20 go to work_heavy, 10 to work_light."""
     return compile_c(_TWO_FUNCTION_SOURCE, Path(directory) / "two_functions")
 
 
