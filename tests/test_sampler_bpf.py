@@ -36,7 +36,7 @@ pytestmark = pytest.mark.bpf
 
 NODE_SCRIPT = """
 function antiprofHotLoop(n) { let x = 0; for (let i = 0; i < n; i++) { x += Math.sqrt(i) * 1.0001; } return x; }
-const end = Date.now() + 1000 * Number(process.argv[2]);
+const end = process.argv[2] ? Date.now() + 1000 * Number(process.argv[2]) : Infinity;  // none: until killed
 let total = 0;
 while (Date.now() < end) total += antiprofHotLoop(100000);
 console.log(total > 0 ? "ok" : "no");
@@ -82,8 +82,8 @@ def filtered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     """The two-function workload, sampled with a pid filter while a twin runs unfiltered-out."""
     require_bpf()
     program = build_two_function_workload(tmp_path_factory.mktemp("filtered"))
-    target = subprocess.Popen([str(program), "20"])
-    twin = subprocess.Popen([str(program), "20"])
+    target = subprocess.Popen([str(program)])  # both run until the fixture kills them
+    twin = subprocess.Popen([str(program)])
     try:
         config = SamplerConfig(frequency_hz=199, window=Duration(1.0), pids=(target.pid,))
         with running(config) as sampler:
@@ -110,10 +110,10 @@ def everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     try:
         config = SamplerConfig(frequency_hz=199, window=Duration(1.0))
         with running(config) as sampler:
-            processes["syscall"] = subprocess.Popen([str(syscall_program), "3"])
+            processes["syscall"] = subprocess.Popen([str(syscall_program)])
             if node:
                 processes["node"] = subprocess.Popen(  # cwd: node also writes isolate-*-v8.log there
-                    [node, "--perf-basic-prof", str(script), "3"], stdout=subprocess.DEVNULL, cwd=directory
+                    [node, "--perf-basic-prof", str(script)], stdout=subprocess.DEVNULL, cwd=directory
                 )
             time.sleep(0.2)
             processes["short"] = subprocess.Popen([str(short_program), "0.4"])
@@ -203,7 +203,7 @@ def test_process_that_exits_mid_window_is_still_named(everything: Recording) -> 
 def test_trace_mode_keeps_every_timestamp(tmp_path: Path) -> None:
     require_bpf()
     program = build_two_function_workload(tmp_path)
-    workload = subprocess.Popen([str(program), "10"])
+    workload = subprocess.Popen([str(program)])
     try:
         config = SamplerConfig(frequency_hz=99, window=Duration(1.0), pids=(workload.pid,), mode=SamplingMode.TRACE)
         with running(config) as sampler:

@@ -79,7 +79,7 @@ path = "{lines}"
 def test_real_sampler_two_function_workload_arrives_with_true_shares(tmp_path: Path):
     require_bpf()
     program = build_two_function_workload(tmp_path)
-    workload = subprocess.Popen([str(program), "60"])
+    workload = subprocess.Popen([str(program)])  # until killed below
     receiver = ProfilesReceiver([Reply(grpc.StatusCode.UNAVAILABLE)])
     try:
         with serve(receiver) as port:

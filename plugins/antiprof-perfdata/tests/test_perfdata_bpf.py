@@ -26,7 +26,6 @@ from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_S
 
 ANTIPROF = str(Path(sys.executable).parent / "antiprof")
 pytestmark = pytest.mark.bpf
-WORKLOAD_SECONDS = 60  # outlives the agent's start (BCC compiles for seconds on a busy machine); killed after
 
 
 def write_config(directory: Path, pid: int, perf_dir: Path, json_path: Path, window: str = "1s") -> Path:
@@ -50,8 +49,9 @@ def write_config(directory: Path, pid: int, perf_dir: Path, json_path: Path, win
     return config
 
 
-def start_workload(binary: Path, seconds: float) -> subprocess.Popen[bytes]:
-    workload = subprocess.Popen([str(binary), str(seconds)])
+def start_workload(binary: Path) -> subprocess.Popen[bytes]:
+    """Runs until the test kills it: BCC may take many seconds to attach on a busy machine."""
+    workload = subprocess.Popen([str(binary)])
     time.sleep(0.2)  # past the loader, into main's loop
     return workload
 
@@ -98,10 +98,10 @@ def two_function_run(tmp_path_factory: pytest.TempPathFactory, two_function_bina
     """One 3-second agent run on the two-function workload, shared by the assertions below."""
     require_bpf()
     run = Run(tmp_path_factory.mktemp("two-function-run"))
-    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
+    workload = start_workload(two_function_binary)
     try:
         config = write_config(run.base, workload.pid, run.perf_dir, run.json_path)
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=180)
     finally:
         workload.kill()
         workload.wait()
@@ -158,10 +158,10 @@ def test_header_and_build_ids_describe_the_run(two_function_run, two_function_bi
 def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(build_syscall_workload(tmp_path / "workload"), WORKLOAD_SECONDS)
+    workload = start_workload(build_syscall_workload(tmp_path / "workload"))
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=60)
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=180)
     finally:
         workload.kill()
         workload.wait()
@@ -179,7 +179,7 @@ def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
 def test_sigkill_of_the_agent_leaves_a_file_perf_reads(tmp_path, two_function_binary):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
+    workload = start_workload(two_function_binary)
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path, window="300ms")
         agent = subprocess.Popen([ANTIPROF, "run", "-c", str(config), "--duration", "60s"], stderr=subprocess.PIPE)
@@ -211,10 +211,10 @@ def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
 def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs, two_function_binary):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
+    workload = start_workload(two_function_binary)
     try:
         config = write_config(tmp_path, workload.pid, full_tmpfs / "perf", run.json_path, window="250ms")
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=180)
     finally:
         workload.kill()
         workload.wait()
@@ -231,7 +231,7 @@ def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs
 def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
+    workload = start_workload(two_function_binary)
     reference = tmp_path / "perf-record.data"
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
@@ -255,7 +255,7 @@ def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
             stderr=subprocess.DEVNULL,
             env=env,
         )
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=180)
         recorder.wait(timeout=30)
     finally:
         workload.kill()
@@ -272,7 +272,7 @@ def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
 
 HOT_JS = """
 function hotLoop(n) { let x = 0; for (let i = 0; i < n; i++) { x += i % 7; } return x; }
-const end = Date.now() + 1000 * Number(process.argv[2]); let s = 0;
+const end = process.argv[2] ? Date.now() + 1000 * Number(process.argv[2]) : Infinity; let s = 0;
 while (Date.now() < end) { s += hotLoop(1e6); }
 """
 
@@ -287,7 +287,7 @@ def test_jit_frames_are_named_from_the_perf_map(tmp_path):
     script_path = tmp_path / "hot.js"
     script_path.write_text(HOT_JS)
     # node writes isolate-*.log files into its working directory: keep them in the test's.
-    workload = subprocess.Popen([node, "--perf-basic-prof", str(script_path), str(WORKLOAD_SECONDS)], cwd=tmp_path)
+    workload = subprocess.Popen([node, "--perf-basic-prof", str(script_path)], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 10
         while not Path(f"/tmp/perf-{workload.pid}.map").exists():  # JIT code exists once the map does
@@ -295,7 +295,7 @@ def test_jit_frames_are_named_from_the_perf_map(tmp_path):
             time.sleep(0.1)
         time.sleep(0.5)
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=60)
+        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=180)
         assert done.returncode == 0, done.stderr.decode()
         report = run_perf(
             ["report", "-i", str(run.perf_file), "--stdio", "--no-children", "--sort", "sym", "-g", "none"],
