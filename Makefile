@@ -43,5 +43,19 @@ test-busy: setup
 bench: setup
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
+# Wheels of the core and every plugin, for machines without this checkout (README "Deploy").
+DIST ?= dist
+dist: $(VENV)/bin/python
+	rm -rf $(DIST) && mkdir -p $(DIST)
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(DIST) . $(PLUGINS)
+
+# The agent into /opt/antiprof, its config into /etc/antiprof (kept if present), the unit into
+# /etc/systemd/system; uninstall keeps the config and the data (scripts/install.sh --purge does not).
+install: dist
+	bash scripts/install.sh
+
+uninstall:
+	bash scripts/install.sh --uninstall
+
 clean:
-	rm -rf $(VENV) antiprof-data .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) antiprof-data dist .pytest_cache .mypy_cache .ruff_cache

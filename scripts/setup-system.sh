@@ -11,6 +11,7 @@ PACKAGES=(
   binutils         # objcopy, strip, readelf: symbolizer tests make stripped files and debug links
   golang-go        # `go tool pprof` reads our pprof output in tests
   chromium         # headless: flame graph HTML tests
+  systemd          # systemd-analyze verify: the install test checks examples/deploy/antiprof.service
 )
 
 log() { echo "antiprof setup: $*" >&2; }
