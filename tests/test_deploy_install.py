@@ -120,7 +120,7 @@ def test_install_verify_start_and_uninstall(layout: Layout) -> None:
     assert exec_start is not None
     command = shlex.split(exec_start.group(1))
     assert command[:4] == [str(agent), "run", "-c", str(layout.config)]
-    assert "Nice=" not in unit
+    assert not re.search(r"^(Nice|CPUQuota=[0-9]%|CPUQuota=[1-9][0-9]%)", unit, re.MULTILINE)
 
     verify = subprocess.run(["systemd-analyze", "verify", str(layout.unit)], capture_output=True, text=True)
     problems = [line for line in verify.stderr.splitlines() if "antiprof.service" in line]

@@ -12,9 +12,22 @@ import pytest
 
 from antiprof_core.codec import window_from_dict
 from antiprof_core.testing import antiprof_command, require_bpf
+from antiprof_core.testing.agent import RunningAgent, wait_until
 from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_two_function_workload
 
 pytestmark = pytest.mark.bpf
+
+
+def workload_samples(output: Path, pid: int) -> int:
+    if not output.exists():
+        return 0
+    total = 0
+    for line in output.read_text().splitlines():
+        try:
+            total += sum(s["count"] for s in json.loads(line)["samples"] if s["pid"] == pid)
+        except ValueError:  # the line being written
+            pass
+    return total
 
 def test_antiprof_run_json_names_both_functions_with_their_shares(tmp_path: Path) -> None:
     require_bpf()
@@ -34,17 +47,15 @@ pids = [{workload.pid}]
 path = "{output}"
 """
     )
+    # Until the workload has enough samples for a 5-point tolerance to be ~4 standard errors,
+    # however slowly BCC attaches and however little CPU the workload gets on a busy host.
     try:
-        result = subprocess.run(
-            [*antiprof_command(), "run", "-c", str(config), "--duration", "5s"],
-            capture_output=True,
-            text=True,
-            timeout=180,  # BCC may take long to attach on a busy host; --duration counts from attach
-        )
+        with RunningAgent(config, tmp_path) as agent:
+            wait_until(lambda: workload_samples(output, workload.pid) >= 1000, timeout=300, what="1000 samples")
     finally:
         workload.kill()
         workload.wait()
-    assert result.returncode == 0, result.stderr
+    assert agent.returncode == 0, agent.stderr
     windows = [window_from_dict(json.loads(line)) for line in output.read_text().splitlines()]
     assert len(windows) >= 3
     samples = [sample for window in windows for sample in window.samples]
