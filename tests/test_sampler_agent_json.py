@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
@@ -13,20 +12,11 @@ import pytest
 
 from antiprof_core.codec import window_from_dict
 from antiprof_core.testing import antiprof_command, require_bpf
-from antiprof_core.testing.agent import RunningAgent, wait_until
+from antiprof_core.testing.agent import RunningAgent, json_sink_samples, wait_until
 from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_two_function_workload
 
 pytestmark = pytest.mark.bpf
 
-
-def workload_samples(output: Path, pid: int) -> int:
-    if not output.exists():
-        return 0
-    total = 0
-    for line in output.read_text().splitlines():
-        with contextlib.suppress(ValueError):  # the line being written
-            total += sum(s["count"] for s in json.loads(line)["samples"] if s["pid"] == pid)
-    return total
 
 def test_antiprof_run_json_names_both_functions_with_their_shares(tmp_path: Path) -> None:
     require_bpf()
@@ -50,7 +40,7 @@ path = "{output}"
     # however slowly BCC attaches and however little CPU the workload gets on a busy host.
     try:
         with RunningAgent(config, tmp_path) as agent:
-            wait_until(lambda: workload_samples(output, workload.pid) >= 1000, timeout=300, what="1000 samples")
+            wait_until(lambda: json_sink_samples(output, workload.pid) >= 1000, timeout=300, what="1000 samples")
     finally:
         workload.kill()
         workload.wait()

@@ -6,6 +6,7 @@ BCC can take many seconds to compile the program on a busy host, so tests wait f
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -102,3 +103,21 @@ def wait_until(condition: object, timeout: float = 60.0, what: str = "condition"
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
         time.sleep(0.05)
+
+
+def json_sink_samples(path: Path, pid: int | None = None) -> int:
+    """Samples (of ``pid``, or all) in a JSON sink's file so far; a line still being written is skipped.
+
+    Tests that check shares stop the agent on a sample count, not a clock: on a busy host a fixed
+    duration may give too few samples for the tolerance.
+    """
+    if not path.exists():
+        return 0
+    total = 0
+    for line in path.read_text().splitlines():
+        try:
+            samples = json.loads(line)["samples"]
+        except ValueError:
+            continue
+        total += sum(sample["count"] for sample in samples if pid is None or sample["pid"] == pid)
+    return total

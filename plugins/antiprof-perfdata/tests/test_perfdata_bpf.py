@@ -22,6 +22,7 @@ from antiprof_core.host import read_host
 from antiprof_core.model import ProfileWindow
 from antiprof_core.symbolize.elf import read_elf
 from antiprof_core.testing import require_bpf, small_tmpfs
+from antiprof_core.testing.agent import RunningAgent, json_sink_samples, wait_until
 from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_syscall_workload
 
 ANTIPROF = str(Path(sys.executable).parent / "antiprof")
@@ -96,19 +97,19 @@ class Run:
 
 @pytest.fixture(scope="module")
 def two_function_run(tmp_path_factory: pytest.TempPathFactory, two_function_binary: Path) -> Run:
-    """One 3-second agent run on the two-function workload, shared by the assertions below."""
+    """One agent run on the two-function workload until it has 1000 samples (enough for a 5-point
+    tolerance however busy the host), shared by the assertions below."""
     require_bpf()
     run = Run(tmp_path_factory.mktemp("two-function-run"))
     workload = start_workload(two_function_binary)
     try:
         config = write_config(run.base, workload.pid, run.perf_dir, run.json_path)
-        done = subprocess.run(
-            [ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=180
-        )
+        with RunningAgent(config, run.base) as agent:
+            wait_until(lambda: json_sink_samples(run.json_path, workload.pid) >= 1000, timeout=300, what="samples")
     finally:
         workload.kill()
         workload.wait()
-    assert done.returncode == 0, done.stderr.decode()
+    assert agent.returncode == 0, agent.stderr
     return run
 
 
@@ -187,13 +188,10 @@ def test_sigkill_of_the_agent_leaves_a_file_perf_reads(tmp_path, two_function_bi
     workload = start_workload(two_function_binary)
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path, window="300ms")
-        agent = subprocess.Popen([ANTIPROF, "run", "-c", str(config), "--duration", "60s"], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while not (run.json_path.exists() and len(run.json_path.read_text().splitlines()) >= 3):
-            assert time.monotonic() < deadline and agent.poll() is None, "the agent wrote no windows"
-            time.sleep(0.05)
-        agent.send_signal(signal.SIGKILL)
-        agent.wait()
+        with RunningAgent(config, tmp_path) as agent:  # returns once attached, however long BCC takes
+            wait_until(lambda: run.json_path.exists() and len(run.json_path.read_text().splitlines()) >= 3,
+                       timeout=60, what="3 windows")
+            agent.signal(signal.SIGKILL)
     finally:
         workload.kill()
         workload.wait()
