@@ -48,6 +48,7 @@ DIST ?= dist
 dist: $(VENV)/bin/python
 	rm -rf $(DIST) && mkdir -p $(DIST)
 	$(BIN)/pip wheel --quiet --no-deps --wheel-dir $(DIST) . $(PLUGINS)
+	rm -rf build $(addsuffix /build,$(PLUGINS))  # setuptools' scratch space
 
 # The agent into /opt/antiprof, its config into /etc/antiprof (kept if present), the unit into
 # /etc/systemd/system; uninstall keeps the config and the data (scripts/install.sh --purge does not).
