@@ -208,13 +208,18 @@ def test_trace_mode_keeps_every_timestamp(tmp_path: Path) -> None:
         config = SamplerConfig(frequency_hz=99, window=Duration(1.0), pids=(workload.pid,), mode=SamplingMode.TRACE)
         with running(config) as sampler:
             sampler.collect()
+            # Windows until 40 samples: on a busy host the workload may get a tenth of a CPU.
             windows = collect_windows(sampler, 2)
+            deadline = time.monotonic() + 60
+            while sum(window.sample_count for window in windows) <= 40 and time.monotonic() < deadline:
+                windows += collect_windows(sampler, 1)
     finally:
         workload.kill()
         workload.wait()
+    assert sum(window.sample_count for window in windows) > 40
     for window in windows:
         assert window.mode is SamplingMode.TRACE
-        assert window.counters.samples_seen == window.sample_count > 20
+        assert window.counters.samples_seen == window.sample_count
         for sample in window.samples:
             assert len(sample.timestamps) == sample.count
             assert all(window.start_ns - 50_000_000 <= t <= window.end_ns + 50_000_000 for t in sample.timestamps)

@@ -153,7 +153,8 @@ def test_header_and_build_ids_describe_the_run(two_function_run, two_function_bi
     host = read_host()
     assert f"# hostname : {host.hostname}\n" in header.stdout
     assert f"# nrcpus avail : {host.cpu_count}\n" in header.stdout
-    assert f"# cmdline : {ANTIPROF} run -c {run.base / 'antiprof.toml'} --duration 3s" in header.stdout
+    command = f"{ANTIPROF} run -c {run.base / 'antiprof.toml'} --ready-file {run.base / 'agent.ready'}"
+    assert f"# cmdline : {command}" in header.stdout
     assert "# event : name = cpu-clock," in header.stdout
     build_id = read_elf(two_function_binary).build_id
     assert f"{build_id} {two_function_binary}" in listed.stdout.splitlines()
