@@ -77,6 +77,10 @@ def share(samples: list[Sample], function: str) -> float:
     return hits / total
 
 
+def target_samples(windows: tuple[ProfileWindow, ...], pid: int) -> int:
+    return sum(sample.count for window in windows for sample in window.samples if sample.pid == pid)
+
+
 @pytest.fixture(scope="module")
 def filtered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     """The two-function workload, sampled with a pid filter while a twin runs unfiltered-out."""
@@ -89,6 +93,11 @@ def filtered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
         with running(config) as sampler:
             sampler.collect()  # start-up: the workloads ran before the program was attached
             windows = collect_windows(sampler, 3)
+            # Until 1000 samples of the target (a 5-point share tolerance is then ~3.4 standard
+            # errors): on a busy host the workload may get a fraction of a CPU.
+            deadline = time.monotonic() + 120
+            while target_samples(windows, target.pid) < 1000 and time.monotonic() < deadline:
+                windows += collect_windows(sampler, 1)
         yield Recording(windows, {"target": target.pid, "twin": twin.pid}, program)
     finally:
         for process in (target, twin):

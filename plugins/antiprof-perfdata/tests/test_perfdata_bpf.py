@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -227,7 +228,11 @@ def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs
 
     stderr = done.stderr.decode()
     assert done.returncode == 0, stderr
-    assert len(run.json_path.read_text().splitlines()) >= 11  # every window, disk full or not
+    # Every window the agent made reached the JSON sink, disk full or not (how many windows 3 s
+    # holds depends on how busy the host is: the agent says how many it delivered).
+    delivered = re.search(r"consumer 'json': (\d+) windows consumed, 0 dropped", stderr)
+    assert delivered is not None, stderr
+    assert len(run.json_path.read_text().splitlines()) == int(delivered.group(1)) >= 6
     assert f"cannot write {full_tmpfs / 'perf'}" in stderr and "No space left on device" in stderr
     [path] = (full_tmpfs / "perf").glob("*.perf.data")
     report = run_perf(["report", "-i", str(path), "--stdio"], run.buildid_dir)
