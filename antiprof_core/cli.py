@@ -8,6 +8,7 @@ import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -29,7 +30,7 @@ from antiprof_core.config import (
     load_config,
     resolve_config_path,
 )
-from antiprof_core.logs import TextFormatter, configure_logging
+from antiprof_core.logs import TextFormatter, configure_logging, quiet_grpc
 from antiprof_core.plugins import LoadedPlugins, load_plugins
 from antiprof_core.recording import SampleCounter, show_progress, snapshot, written_since
 from antiprof_core.summary import HottestFunctions
@@ -91,6 +92,7 @@ def _plugins() -> LoadedPlugins:
     """The installed plugins, loaded once per process (their commands are added to ``main`` then)."""
     global _loaded
     if _loaded is None:
+        quiet_grpc()  # before any plugin imports grpc: its core reads the environment once
         _loaded = load_plugins().add_commands(main)
     return _loaded
 
@@ -109,7 +111,15 @@ class _PluginGroup(click.Group):
         return super().get_command(ctx, cmd_name)
 
 
-def _run_agent(agent: Agent, duration: float | None) -> int:
+def _run_agent(agent: Agent, duration: float | None, reload: Callable[[], Config] | None = None) -> int:
+    def on_reload(_signum: int, _frame: Any) -> None:
+        assert reload is not None
+        agent.logger.info("SIGHUP received: re-reading the config")
+        agent.request_reload(reload)
+
+    if reload is not None:
+        signal.signal(signal.SIGHUP, on_reload)
+
     def on_signal(signum: int, _frame: Any) -> None:
         agent.logger.info("%s received: delivering the last window and shutting down", signal.Signals(signum).name)
         agent.stop()
@@ -139,13 +149,28 @@ def main() -> None:
     help="Config file [default: $ANTIPROF_CONFIG, else /etc/antiprof/antiprof.toml if present]",
 )
 @click.option("--duration", type=DurationParam(), help="Stop after this long (e.g. 30s); default: until a signal.")
+@click.option(
+    "--ready-file",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="PATH",
+    help="Write the agent's pid here once sampling has started; removed when it stops.",
+)
 @_log_options
-def run(config_path: str | None, duration: Duration | None, log_format: str, log_level: str) -> None:
-    """Run the agent until SIGINT/SIGTERM or the duration ends."""
+def run(
+    config_path: str | None, duration: Duration | None, ready_file: Path | None, log_format: str, log_level: str
+) -> None:
+    """Run the agent until SIGINT/SIGTERM or the duration ends; SIGHUP re-reads the config."""
     logger = configure_logging(log_format, log_level)
     plugins = _plugins()
     config = _load(config_path, plugins)
-    sys.exit(_run_agent(Agent(config, logger, plugins=plugins.manager), duration))
+    path = config.path
+
+    def reload() -> Config:
+        if path is None:
+            raise ConfigError(["no config file to re-read: the agent started with built-in defaults"])
+        return load_config(path, plugins.catalog)
+
+    sys.exit(_run_agent(Agent(config, logger, plugins=plugins.manager, ready_file=ready_file), duration, reload))
 
 
 @main.command()

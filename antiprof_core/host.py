@@ -14,9 +14,14 @@ KERNEL_MAP_NAME = "[kernel.kallsyms]"
 _NT_GNU_BUILD_ID = 3
 
 
+HOSTNAME_ENV = "ANTIPROF_HOSTNAME"
+"""host.name for every window; default: the kernel's hostname."""
+
+
 def read_host(node_name: str = "", cluster_name: str = "") -> Host:
     uname = os.uname()
-    hostname = socket.gethostname()
+    # In a pod the kernel's hostname is the pod's name: a DaemonSet sets the node's name here instead.
+    hostname = os.environ.get(HOSTNAME_ENV) or socket.gethostname()
     return Host(
         hostname=hostname,
         node_name=node_name or hostname,

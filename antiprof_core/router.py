@@ -148,13 +148,35 @@ class Router:
         self._logger = logger
         self._metrics = _Metrics(registry or CollectorRegistry())
         self.workers: list[ConsumerWorker] = []
+        self._started = False
 
     def add(self, name: str, consumer: Consumer, queue_size: int = 8) -> None:
-        self.workers.append(ConsumerWorker(name, consumer, queue_size, self._logger, self._metrics))
+        """Add a consumer; once the router has started (a config reload), its thread starts at once."""
+        worker = ConsumerWorker(name, consumer, queue_size, self._logger, self._metrics)
+        self.workers.append(worker)
+        if self._started:
+            worker.start()
 
     def start(self) -> None:
+        self._started = True
         for worker in self.workers:
             worker.start()
+
+    def remove(self, name: str, timeout: float) -> ConsumerStats:
+        """Deliver what ``name`` has queued, flush and close it within ``timeout``; windows published
+        after this call go to the other consumers only."""
+        worker = next(w for w in self.workers if w.name == name)
+        self.workers.remove(worker)
+        worker.stop(time.monotonic() + timeout)
+        worker.join(timeout)
+        if not worker.finished:
+            self._logger.error(
+                "consumer '%s' did not flush and close within %.1fs; abandoned with %d window(s) queued",
+                name,
+                timeout,
+                worker.queued,
+            )
+        return worker.stats()
 
     def publish(self, window: ProfileWindow) -> None:
         for worker in self.workers:

@@ -14,6 +14,7 @@ PACKAGES=(
   chromium         # headless: flame graph HTML tests
   gdb              # unwinding tests compare our native stack walk with gdb's backtrace
   python3.11-dev   # CPython's internal headers: the Python frame-offset table is checked against them
+  systemd          # systemd-analyze verify: the install test checks examples/deploy/antiprof.service
 )
 
 log() { echo "antiprof setup: $*" >&2; }

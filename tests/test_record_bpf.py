@@ -32,13 +32,13 @@ def test_record_prints_shares_and_only_the_files_of_this_run(tmp_path: Path) -> 
     old_json = out / "antiprof.jsonl"
     old_perf.write_bytes(b"an older run's file")
     old_json.write_text('{"an": "older run"}\n')
-    workload = subprocess.Popen([str(program), "60"])
+    workload = subprocess.Popen([str(program)])  # until killed below
     try:
         result = subprocess.run(
             antiprof_command("record", "-d", "4s", "-F", "199", "-p", str(workload.pid), "-o", str(out)),
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=180,
             env={**os.environ, "COLUMNS": "200"},
         )
     finally:

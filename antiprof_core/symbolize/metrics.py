@@ -36,5 +36,8 @@ class SymbolizerCollector(Collector):
             yield CounterMetricFamily(f"antiprof_symbolizer_{name}", text, value=stats[name])
 
 
-def register_symbolizer_metrics(registry: CollectorRegistry, symbolizer: Symbolizer) -> None:
-    registry.register(SymbolizerCollector(symbolizer))
+def register_symbolizer_metrics(registry: CollectorRegistry, symbolizer: Symbolizer) -> SymbolizerCollector:
+    """Registers and returns the collector (unregister it when its symbolizer is replaced)."""
+    collector = SymbolizerCollector(symbolizer)
+    registry.register(collector)
+    return collector

@@ -7,8 +7,10 @@ by the clock, not by loop counts, so the truth holds on any CPU speed.
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import subprocess
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = [
@@ -20,6 +22,7 @@ __all__ = [
     "build_syscall_workload",
     "build_two_function_workload",
     "compile_c",
+    "started",
 ]
 
 TWO_FUNCTION_SHARES: dict[str, float] = {"work_heavy": 2 / 3, "work_light": 1 / 3}
@@ -101,9 +104,10 @@ __attribute__((noinline)) void cycle(void) {
 }
 
 int main(int argc, char **argv) {
-    double seconds = argc > 1 ? atof(argv[1]) : 5.0;
+    /* No argument (or 0): run until killed, so a test on a busy host never outlives its workload. */
+    double seconds = argc > 1 ? atof(argv[1]) : 0.0;
     double end = wall_now() + seconds;
-    while (wall_now() < end) cycle();
+    while (seconds <= 0 || wall_now() < end) cycle();
     return 0;
 }
 """
@@ -119,9 +123,10 @@ __attribute__((noinline)) void call_getppid(void) {
 }
 
 int main(int argc, char **argv) {
-    double seconds = argc > 1 ? atof(argv[1]) : 5.0;
+    /* No argument (or 0): run until killed, so a test on a busy host never outlives its workload. */
+    double seconds = argc > 1 ? atof(argv[1]) : 0.0;
     double end = wall_now() + seconds;
-    while (wall_now() < end) call_getppid();
+    while (seconds <= 0 || wall_now() < end) call_getppid();
     return 0;
 }
 """
@@ -164,10 +169,10 @@ __attribute__((noinline)) void branch_a(unsigned long bits, int depth) { step(bi
 __attribute__((noinline)) void branch_b(unsigned long bits, int depth) { step(bits, depth); }
 
 int main(int argc, char **argv) {
-    double seconds = argc > 1 ? atof(argv[1]) : 5.0;
+    double seconds = argc > 1 ? atof(argv[1]) : 0.0;  /* no argument: until killed */
     random_state ^= (unsigned long)getpid() << 32;
     double end = wall_now() + seconds;
-    while (wall_now() < end) {
+    while (seconds <= 0 || wall_now() < end) {
         for (int i = 0; i < 100; i++) step(next_random(), MANY_STACKS_DEPTH);
     }
     return 0;
@@ -203,18 +208,18 @@ def compile_c(source: str, output: Path) -> Path:
 
 
 def build_two_function_workload(directory: Path) -> Path:
-    """``prog SECONDS``: each 30 ms of CPU time, 20 ms go to work_heavy and 10 ms to work_light."""
+    """``prog [SECONDS]`` (default: until killed): of each 30 ms of CPU time, 20 go to work_heavy, 10 to work_light."""
     return compile_c(_TWO_FUNCTION_SOURCE, Path(directory) / "two_functions")
 
 
 def build_many_stacks_workload(directory: Path) -> Path:
-    """``prog SECONDS``: random call paths, so nearly every sample has a stack of its own."""
+    """``prog [SECONDS]`` (default: until killed): random call paths, so nearly every sample has a stack of its own."""
     source = _MANY_STACKS_SOURCE.replace("MANY_STACKS_DEPTH", str(MANY_STACKS_DEPTH))
     return compile_c(source, Path(directory) / "many_stacks")
 
 
 def build_syscall_workload(directory: Path) -> Path:
-    """``prog SECONDS``: getppid() in a loop, entered from ``call_getppid`` itself."""
+    """``prog [SECONDS]`` (default: until killed): getppid() in a loop, entered from ``call_getppid`` itself."""
     return compile_c(_SYSCALL_SOURCE, Path(directory) / "syscall_loop")
 
 
@@ -261,3 +266,12 @@ def build_jit_workload(directory: Path, name: str = "jit_spin") -> Path:
     """``prog SECONDS``: prints the address of its "JIT" page in hex, then calls the code there
     (about 1 ms) once a millisecond; samples land in anonymous memory that only a perf map names."""
     return compile_c(_JIT_SOURCE, Path(directory) / name)
+@contextlib.contextmanager
+def started(*command: str | Path) -> Iterator[subprocess.Popen[bytes]]:
+    """Run a workload until the ``with`` block ends (then kill it): its life is the test's, not a guess."""
+    process = subprocess.Popen([str(part) for part in command])
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -22,11 +23,12 @@ from antiprof_core.host import read_host
 from antiprof_core.model import ProfileWindow
 from antiprof_core.symbolize.elf import read_elf
 from antiprof_core.testing import require_bpf, small_tmpfs
+from antiprof_core.testing.agent import RunningAgent, json_sink_samples, wait_until
 from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_syscall_workload
 
 ANTIPROF = str(Path(sys.executable).parent / "antiprof")
 pytestmark = pytest.mark.bpf
-WORKLOAD_SECONDS = 60  # outlives the agent's start (BCC compiles for seconds on a busy machine); killed after
+# Each run times itself from the moment it is attached (--duration); the bound covers BCC's start on a busy host.
 
 
 def write_config(directory: Path, pid: int, perf_dir: Path, json_path: Path, window: str = "1s") -> Path:
@@ -50,8 +52,9 @@ def write_config(directory: Path, pid: int, perf_dir: Path, json_path: Path, win
     return config
 
 
-def start_workload(binary: Path, seconds: float) -> subprocess.Popen[bytes]:
-    workload = subprocess.Popen([str(binary), str(seconds)])
+def start_workload(binary: Path) -> subprocess.Popen[bytes]:
+    """Runs until the test kills it: BCC may take many seconds to attach on a busy machine."""
+    workload = subprocess.Popen([str(binary)])
     time.sleep(0.2)  # past the loader, into main's loop
     return workload
 
@@ -95,17 +98,19 @@ class Run:
 
 @pytest.fixture(scope="module")
 def two_function_run(tmp_path_factory: pytest.TempPathFactory, two_function_binary: Path) -> Run:
-    """One 3-second agent run on the two-function workload, shared by the assertions below."""
+    """One agent run on the two-function workload until it has 1000 samples (enough for a 5-point
+    tolerance however busy the host), shared by the assertions below."""
     require_bpf()
     run = Run(tmp_path_factory.mktemp("two-function-run"))
-    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
+    workload = start_workload(two_function_binary)
     try:
         config = write_config(run.base, workload.pid, run.perf_dir, run.json_path)
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
+        with RunningAgent(config, run.base) as agent:
+            wait_until(lambda: json_sink_samples(run.json_path, workload.pid) >= 1000, timeout=300, what="samples")
     finally:
         workload.kill()
         workload.wait()
-    assert done.returncode == 0, done.stderr.decode()
+    assert agent.returncode == 0, agent.stderr
     return run
 
 
@@ -149,7 +154,8 @@ def test_header_and_build_ids_describe_the_run(two_function_run, two_function_bi
     host = read_host()
     assert f"# hostname : {host.hostname}\n" in header.stdout
     assert f"# nrcpus avail : {host.cpu_count}\n" in header.stdout
-    assert f"# cmdline : {ANTIPROF} run -c {run.base / 'antiprof.toml'} --duration 3s" in header.stdout
+    command = f"{ANTIPROF} run -c {run.base / 'antiprof.toml'} --ready-file {run.base / 'agent.ready'}"
+    assert f"# cmdline : {command}" in header.stdout
     assert "# event : name = cpu-clock," in header.stdout
     build_id = read_elf(two_function_binary).build_id
     assert f"{build_id} {two_function_binary}" in listed.stdout.splitlines()
@@ -158,10 +164,12 @@ def test_header_and_build_ids_describe_the_run(two_function_run, two_function_bi
 def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(build_syscall_workload(tmp_path / "workload"), WORKLOAD_SECONDS)
+    workload = start_workload(build_syscall_workload(tmp_path / "workload"))
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=60)
+        done = subprocess.run(
+            [ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=180
+        )
     finally:
         workload.kill()
         workload.wait()
@@ -179,16 +187,13 @@ def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
 def test_sigkill_of_the_agent_leaves_a_file_perf_reads(tmp_path, two_function_binary):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
+    workload = start_workload(two_function_binary)
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path, window="300ms")
-        agent = subprocess.Popen([ANTIPROF, "run", "-c", str(config), "--duration", "60s"], stderr=subprocess.PIPE)
-        deadline = time.monotonic() + 30
-        while not (run.json_path.exists() and len(run.json_path.read_text().splitlines()) >= 3):
-            assert time.monotonic() < deadline and agent.poll() is None, "the agent wrote no windows"
-            time.sleep(0.05)
-        agent.send_signal(signal.SIGKILL)
-        agent.wait()
+        with RunningAgent(config, tmp_path) as agent:  # returns once attached, however long BCC takes
+            wait_until(lambda: run.json_path.exists() and len(run.json_path.read_text().splitlines()) >= 3,
+                       timeout=60, what="3 windows")
+            agent.signal(signal.SIGKILL)
     finally:
         workload.kill()
         workload.wait()
@@ -211,17 +216,23 @@ def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
 def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs, two_function_binary):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
+    workload = start_workload(two_function_binary)
     try:
         config = write_config(tmp_path, workload.pid, full_tmpfs / "perf", run.json_path, window="250ms")
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
+        done = subprocess.run(
+            [ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=180
+        )
     finally:
         workload.kill()
         workload.wait()
 
     stderr = done.stderr.decode()
     assert done.returncode == 0, stderr
-    assert len(run.json_path.read_text().splitlines()) >= 11  # every window, disk full or not
+    # Every window the agent made reached the JSON sink, disk full or not (how many windows 3 s
+    # holds depends on how busy the host is: the agent says how many it delivered).
+    delivered = re.search(r"consumer 'json': (\d+) windows consumed, 0 dropped", stderr)
+    assert delivered is not None, stderr
+    assert len(run.json_path.read_text().splitlines()) == int(delivered.group(1)) >= 6
     assert f"cannot write {full_tmpfs / 'perf'}" in stderr and "No space left on device" in stderr
     [path] = (full_tmpfs / "perf").glob("*.perf.data")
     report = run_perf(["report", "-i", str(path), "--stdio"], run.buildid_dir)
@@ -231,7 +242,7 @@ def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs
 def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
     require_bpf()
     run = Run(tmp_path)
-    workload = start_workload(two_function_binary, WORKLOAD_SECONDS)
+    workload = start_workload(two_function_binary)
     reference = tmp_path / "perf-record.data"
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
@@ -255,7 +266,9 @@ def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
             stderr=subprocess.DEVNULL,
             env=env,
         )
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=60)
+        done = subprocess.run(
+            [ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=180
+        )
         recorder.wait(timeout=30)
     finally:
         workload.kill()
@@ -272,7 +285,7 @@ def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
 
 HOT_JS = """
 function hotLoop(n) { let x = 0; for (let i = 0; i < n; i++) { x += i % 7; } return x; }
-const end = Date.now() + 1000 * Number(process.argv[2]); let s = 0;
+const end = process.argv[2] ? Date.now() + 1000 * Number(process.argv[2]) : Infinity; let s = 0;
 while (Date.now() < end) { s += hotLoop(1e6); }
 """
 
@@ -287,7 +300,7 @@ def test_jit_frames_are_named_from_the_perf_map(tmp_path):
     script_path = tmp_path / "hot.js"
     script_path.write_text(HOT_JS)
     # node writes isolate-*.log files into its working directory: keep them in the test's.
-    workload = subprocess.Popen([node, "--perf-basic-prof", str(script_path), str(WORKLOAD_SECONDS)], cwd=tmp_path)
+    workload = subprocess.Popen([node, "--perf-basic-prof", str(script_path)], cwd=tmp_path)
     try:
         deadline = time.monotonic() + 10
         while not Path(f"/tmp/perf-{workload.pid}.map").exists():  # JIT code exists once the map does
@@ -295,7 +308,9 @@ def test_jit_frames_are_named_from_the_perf_map(tmp_path):
             time.sleep(0.1)
         time.sleep(0.5)
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
-        done = subprocess.run([ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=60)
+        done = subprocess.run(
+            [ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=180
+        )
         assert done.returncode == 0, done.stderr.decode()
         report = run_perf(
             ["report", "-i", str(run.perf_file), "--stdio", "--no-children", "--sort", "sym", "-g", "none"],
