@@ -15,6 +15,12 @@ from collections import defaultdict
 
 from antiprof_core.model import ProfileWindow, SamplingMode
 
+# Events are sorted as single ints, (time offset << _INDEX_BITS) | sample index: a list of ints
+# sorts about a third faster than one of tuples, and windows have well under 2**24 distinct stacks.
+_INDEX_BITS = 24
+_INDEX_MASK = (1 << _INDEX_BITS) - 1
+_SPREAD_SCALE = 1 << 20  # resolution of a stack's place in its thread's interleaving
+
 
 def sample_times(window: ProfileWindow, expand: bool = True) -> list[tuple[int, int]]:
     """``(time_ns, index into window.samples)`` for every SAMPLE record, sorted by time.
@@ -22,25 +28,32 @@ def sample_times(window: ProfileWindow, expand: bool = True) -> list[tuple[int, 
     ``expand``: one record per counted sample; otherwise one per distinct stack (the compact,
     period-weighted form). Trace samples always give one record per timestamp.
     """
-    events: list[tuple[int, int]] = []
-    spread: defaultdict[tuple[int, int], list[tuple[float, int]]] = defaultdict(list)
+    if len(window.samples) > _INDEX_MASK:
+        raise ValueError(f"a window of {len(window.samples)} distinct stacks is over {_INDEX_MASK}")
     trace = window.mode is SamplingMode.TRACE
+    start = window.start_ns
+    if trace:  # offsets from the earliest time there is, so a sample stamped before the window keeps its time
+        start = min([start, *(min(sample.timestamps) for sample in window.samples if sample.timestamps)])
+    keys: list[int] = []
+    spread: defaultdict[tuple[int, int], list[int]] = defaultdict(list)  # per thread: place << bits | index
     for index, sample in enumerate(window.samples):
         if trace and sample.timestamps:
-            events.extend((time, index) for time in sample.timestamps)
+            keys.extend((time - start) << _INDEX_BITS | index for time in sample.timestamps)
             continue
-        occurrences = spread[(sample.pid, sample.tid)]
+        places = spread[(sample.pid, sample.tid)]
         count = sample.count if expand else 1
         if count == 1:
-            occurrences.append((0.5, index))
-        else:
-            occurrences.extend(((2 * n + 1) / (2 * count), index) for n in range(count))
-    start, length = window.start_ns, max(window.end_ns - window.start_ns, 0)
-    for occurrences in spread.values():
-        occurrences.sort()
-        doubled = 2 * len(occurrences)
-        events.extend(
-            (start + (2 * rank + 1) * length // doubled, index) for rank, (_, index) in enumerate(occurrences)
+            places.append(_SPREAD_SCALE // 2 << _INDEX_BITS | index)
+        else:  # the n-th of count occurrences sits at (n + 1/2) / count of the way through
+            step = _SPREAD_SCALE // count
+            places.extend((step * n + step // 2) << _INDEX_BITS | index for n in range(count))
+    offset, length = window.start_ns - start, max(window.end_ns - window.start_ns, 0)
+    for places in spread.values():
+        places.sort()
+        doubled = 2 * len(places)
+        keys.extend(
+            offset + (2 * rank + 1) * length // doubled << _INDEX_BITS | place & _INDEX_MASK
+            for rank, place in enumerate(places)
         )
-    events.sort()
-    return events
+    keys.sort()
+    return [(start + (key >> _INDEX_BITS), key & _INDEX_MASK) for key in keys]

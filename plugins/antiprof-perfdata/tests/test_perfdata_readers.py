@@ -139,3 +139,12 @@ def test_an_empty_stack_still_counts(elf_windows, host):
     empty = Sample(window.samples[0].pid, window.samples[0].tid, 0, "two_functions", (), 5)
     events = sample_times(attrs.evolve(window, samples=(*window.samples, empty)))
     assert len(events) == sum(STACKS.values()) + 5
+
+
+def test_a_trace_sample_stamped_before_its_window_keeps_its_time():
+    window = synthetic_window(processes=1, stacks=3, seed=5, mode=SamplingMode.TRACE, start_ns=START)
+    early = attrs.evolve(window.samples[0], timestamps=(START - 5_000, *window.samples[0].timestamps[1:]))
+    window = attrs.evolve(window, samples=(early, *window.samples[1:]))
+    events = sample_times(window)
+    assert events[0] == (START - 5_000, 0)
+    assert [time for time, _ in events] == sorted(t for sample in window.samples for t in sample.timestamps)
