@@ -99,6 +99,7 @@ def test_directory_and_files_are_private_and_named_by_host_and_utc_start(tmp_pat
     out = tmp_path / "new" / "perf"
     run_consumer(sink({"output_dir": str(out)}), windows(3))
     assert out.stat().st_mode & 0o777 == 0o700
+    assert out.parent.stat().st_mode & 0o777 == 0o700  # the parent it made too
     assert perf_files(out) == ["antiprof-synthetic-host-20261125T094640Z.perf.data"]
     [path] = out.glob("*.perf.data")
     assert path.stat().st_mode & 0o777 == 0o600
