@@ -173,14 +173,21 @@ def side_by_side(directory: Path) -> None:
     )
     reference = directory / "perf-record.data"
     try:
+        agent_command = [str(Path(sys.executable).parent / "antiprof"), "run", "-c", str(config), "--duration", "5s"]
+        agent = subprocess.Popen(agent_command, stderr=subprocess.PIPE, text=True)
+        assert agent.stderr is not None
+        for line in agent.stderr:  # BCC compiles first (long on a busy machine): record the same 5 s
+            if "sampling at" in line:
+                break
         recorder = subprocess.Popen(
             [perf_path(), "record", "-q", "-F", "99", "-g", "-p", str(workload.pid), "-o", str(reference), "--",
              "sleep", "5"],
             env=dict(os.environ, PERF_BUILDID_DIR=str(buildid)),
         )  # fmt: skip
-        agent = Path(sys.executable).parent / "antiprof"
-        subprocess.run([str(agent), "run", "-c", str(config), "--duration", "5s"], capture_output=True, check=True)
+        agent.communicate(timeout=600)
         recorder.wait(timeout=60)
+        if agent.returncode != 0:
+            raise RuntimeError(f"antiprof run failed with {agent.returncode}")
     finally:
         workload.kill()
         workload.wait()
