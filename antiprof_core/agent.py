@@ -7,15 +7,18 @@ import threading
 import time
 from collections.abc import Sequence
 
+import pluggy
 from prometheus_client import CollectorRegistry
 
+from antiprof_core import __version__
 from antiprof_core.config import Config
 from antiprof_core.consumer import Consumer, ConsumerContext
 from antiprof_core.host import read_host
 from antiprof_core.metrics import SamplerMetrics, serve
 from antiprof_core.model import Host
+from antiprof_core.plugins import call_quietly
 from antiprof_core.router import ConsumerStats, Router
-from antiprof_core.sources import SourceUnavailable, WindowSource, make_source
+from antiprof_core.sources import AgentInfo, SourceExhausted, SourceUnavailable, WindowSource, make_source
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -34,6 +37,7 @@ class Agent:
         logger: logging.Logger | None = None,
         extra_consumers: Sequence[tuple[str, Consumer]] = (),
         host: Host | None = None,
+        plugins: pluggy.PluginManager | None = None,
     ) -> None:
         self.config = config
         self.logger = logger or logging.getLogger("antiprof")
@@ -42,6 +46,7 @@ class Agent:
         self.router = Router(self.logger, self.metrics)
         self.sampler_metrics = SamplerMetrics(self.metrics)
         self._extra = extra_consumers
+        self._plugins = plugins  # for antiprof_startup / antiprof_shutdown
         self._stop = threading.Event()
         self.stats: Sequence[ConsumerStats] = ()
 
@@ -73,10 +78,11 @@ class Agent:
             try:
                 serve(self.config.agent.metrics_address, self.metrics)
             except (ValueError, OSError) as exc:
-                raise AgentError(str(exc)) from exc
+                message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+                raise AgentError(message) from exc
         if not self.router.workers:
             self.logger.warning("no consumers are configured: windows are sampled and discarded")
-        source = make_source(self.config.sampler, self.host, self.logger.getChild("sampler"))
+        source = make_source(self.config, self.host, self.logger.getChild("sampler"))
         try:
             source.start()
         except SourceUnavailable as exc:
@@ -88,8 +94,11 @@ class Agent:
             self.config.sampler.window,
             ", ".join(w.name for w in self.router.workers) or "nowhere",
         )
+        names = [w.name for w in self.router.workers]
+        self._notify("antiprof_startup", agent_info=AgentInfo(self.config, self.host, __version__, names))
         code = self._publish_windows(source, duration)
         self.stats = self.router.shutdown(self.config.agent.shutdown_timeout)
+        self._notify("antiprof_shutdown")
         for stats in self.stats:
             self.logger.info(
                 "consumer '%s': %d windows consumed, %d dropped (queue full), %d errors",
@@ -116,6 +125,8 @@ class Agent:
                 self._publish(source)
                 next_boundary += interval
             self._publish(source)  # the last, partial window
+        except SourceExhausted as exc:
+            self.logger.info("source finished: %s", exc)
         except Exception as exc:
             self.logger.error("sampler failed: %s: %s", type(exc).__name__, exc)
             self.logger.debug("sampler traceback", exc_info=True)
@@ -126,6 +137,10 @@ class Agent:
             except Exception as exc:
                 self.logger.error("sampler failed to close: %s", exc)
         return code
+
+    def _notify(self, hook_name: str, **kwargs: object) -> None:
+        if self._plugins is not None:
+            call_quietly(self._plugins, hook_name, self.logger, **kwargs)
 
     def _publish(self, source: WindowSource) -> None:
         window = source.collect()

@@ -25,11 +25,27 @@ def read_host(node_name: str = "", cluster_name: str = "") -> Host:
         kernel_version=uname.version,
         arch=uname.machine,
         cpu_count=os.cpu_count() or 1,
-        online_cpus=len(os.sched_getaffinity(0)),
+        online_cpus=online_cpus(),
         cpu_description=_cpu_description(),
         memory_kb=_memory_kb(),
         kernel=kernel_mapping(),
     )
+
+
+def online_cpus(path: Path = Path("/sys/devices/system/cpu/online")) -> int:
+    """CPUs the kernel has online (e.g. "0-3,6" is 5), as perf records in its header.
+
+    Not the agent's own CPU affinity: a profiler pinned to one CPU still samples them all.
+    """
+    try:
+        text = path.read_text()[:4096].strip()
+        count = 0
+        for part in filter(None, text.split(",")):
+            low, _, high = part.partition("-")
+            count += int(high or low) - int(low) + 1
+        return count or os.cpu_count() or 1
+    except (OSError, ValueError):
+        return os.cpu_count() or 1
 
 
 def _cpu_description() -> str:

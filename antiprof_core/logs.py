@@ -7,6 +7,16 @@ import logging
 import sys
 import time
 
+from antiprof_core.terminal import terminal_safe
+
+
+class TextFormatter(logging.Formatter):
+    """Messages with control characters escaped: they carry process names and paths to a terminal."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = terminal_safe(record.message)
+        return super().formatMessage(record)
+
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
@@ -26,7 +36,7 @@ def configure_logging(log_format: str = "text", level: str = "info") -> logging.
     if log_format == "json":
         handler.setFormatter(JsonFormatter())
     else:
-        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger("antiprof")
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

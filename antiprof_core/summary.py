@@ -29,8 +29,6 @@ def frame_label(frame: Frame) -> tuple[str, str]:
 class HottestFunctions(Consumer):
     """Adds up self (leaf) and total (anywhere on the stack) samples per function."""
 
-    name = "summary"
-
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._self: collections.Counter[tuple[str, str]] = collections.Counter()

@@ -11,6 +11,7 @@ PACKAGES=(
   binutils         # objcopy, strip, readelf: symbolizer tests make stripped files and debug links
   golang-go        # `go tool pprof` reads our pprof output in tests
   chromium         # headless: flame graph HTML tests
+  gdb              # unwinding tests compare our native stack walk with gdb's backtrace
 )
 
 log() { echo "antiprof setup: $*" >&2; }

@@ -100,7 +100,9 @@ def test_record_prints_the_hottest_functions(run_cli, tmp_path: Path) -> None:  
     assert result.returncode == 0, result.stderr
     assert "Hottest functions" in result.stdout
     assert "synthetic_" in result.stdout
-    assert (tmp_path / "out" / "antiprof.jsonl").exists()
+    [json_file] = (tmp_path / "out").glob("antiprof-*.jsonl")  # one file per run, never an old one appended to
+    assert f"JSON lines written: {json_file}" in result.stdout
+    assert f"Flame graph written: {tmp_path / 'out' / 'flamegraph.html'}" in result.stdout
 
 
 def test_metrics_are_served_for_prometheus(tmp_path: Path) -> None:
@@ -135,11 +137,17 @@ def test_metrics_are_served_for_prometheus(tmp_path: Path) -> None:
     assert float(values["antiprof_windows_total"]) >= 1
 
 
-def test_unusable_metrics_address_is_one_line_and_exit_1(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    config = tmp_path / "a.toml"
-    config.write_text('[agent]\nmetrics_address = "127.0.0.1:nope"\n[sampler]\nsource = "synthetic"\n')
-    result = run_cli("run", "-c", str(config), "--duration", "1s")
+def test_metrics_address_in_use_is_one_line_and_exit_1(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        config = tmp_path / "a.toml"
+        config.write_text(f'[agent]\nmetrics_address = "127.0.0.1:{port}"\n[sampler]\nsource = "synthetic"\n')
+        result = run_cli("run", "-c", str(config), "--duration", "1s")
     assert result.returncode == 1
     assert result.stderr.strip().splitlines()[-1] == (
-        "antiprof: error: agent.metrics_address: expected host:port, got '127.0.0.1:nope'"
+        f"antiprof: error: agent.metrics_address: cannot listen on 127.0.0.1:{port}: Address already in use"
     )

@@ -1,10 +1,12 @@
-"""`antiprof record` on the real sampler: the hottest functions, self and total, and the perf command."""
+"""`antiprof record` on the real sampler: the hottest functions, the files of this run, progress, bad PIDs."""
 
 from __future__ import annotations
 
 import os
 import re
+import shlex
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
@@ -15,19 +17,28 @@ from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_S
 pytestmark = pytest.mark.bpf
 
 ROW = re.compile(r"│\s*([\d.]+)%\s*│\s*([\d.]+)%\s*│\s*(\d+)\s*│\s*(\S+)\s*│\s*(\S*)\s*│")
+ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
+PLAIN_PROGRESS = re.compile(r"^antiprof: sampling: (\d+)s elapsed, (\d+)s left, ([\d,]+) samples$", re.M)
+# A valid PID (1..2^22) that no process has: the highest one free now, far above what the kernel hands out.
+NO_SUCH_PID = next(pid for pid in range(4_194_304, 1, -1) if not os.path.exists(f"/proc/{pid}"))
 
 
-def test_record_prints_self_and_total_shares_and_the_perf_report_command(tmp_path: Path) -> None:
+def test_record_prints_shares_and_only_the_files_of_this_run(tmp_path: Path) -> None:
     require_bpf()
     program = build_two_function_workload(tmp_path)
-    workload = subprocess.Popen([str(program), "30"])
     out = tmp_path / "data"
+    out.mkdir()
+    old_perf = out / "antiprof-oldhost-20200101T000000Z.perf.data"
+    old_json = out / "antiprof.jsonl"
+    old_perf.write_bytes(b"an older run's file")
+    old_json.write_text('{"an": "older run"}\n')
+    workload = subprocess.Popen([str(program), "60"])
     try:
         result = subprocess.run(
             antiprof_command("record", "-d", "4s", "-F", "199", "-p", str(workload.pid), "-o", str(out)),
             capture_output=True,
             text=True,
-            timeout=90,
+            timeout=120,
             env={**os.environ, "COLUMNS": "200"},
         )
     finally:
@@ -44,5 +55,96 @@ def test_record_prints_self_and_total_shares_and_the_perf_report_command(tmp_pat
     modules = {m.group(4): m.group(5) for m in ROW.finditer(result.stdout)}
     assert modules["work_heavy"] == program.name
     assert "[kernel.kallsyms]" in modules.values()  # clock_gettime's kernel frames, named
-    [perf_file] = out.glob("*.perf.data")
-    assert f"perf report -i {perf_file}" in result.stdout
+
+    [perf_file] = [p for p in out.glob("*.perf.data") if p != old_perf]
+    [json_file] = [p for p in out.glob("*.jsonl") if p != old_json]
+    flamegraph = out / "flamegraph.html"
+    written = result.stdout[result.stdout.index("└") :].splitlines()[1:]
+    assert written == [
+        f"JSON lines written: {json_file}",
+        f"perf.data written: perf report -i {perf_file}",
+        f"Flame graph written: {flamegraph} (open it in a browser)",
+    ]
+    assert old_json.read_text() == '{"an": "older run"}\n'  # not appended to
+    page = flamegraph.read_text()
+    assert "work_heavy" in page and "<title>antiprof record</title>" in page
+
+
+def test_record_says_what_it_does_while_it_samples(tmp_path: Path) -> None:
+    """Without a terminal: a start-up line, then plain progress lines on stderr."""
+    require_bpf()
+    program = build_two_function_workload(tmp_path)
+    workload = subprocess.Popen([str(program), "60"])
+    try:
+        result = subprocess.run(
+            antiprof_command("record", "-d", "5s", "-p", str(workload.pid), "-o", str(tmp_path / "out")),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+    finally:
+        workload.kill()
+        workload.wait()
+    assert result.returncode == 0, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines[0] == "antiprof: compiling the BPF program…"
+    assert "antiprof: sampling for 5s" in lines
+    progress = [(int(e), int(left), int(n.replace(",", ""))) for e, left, n in PLAIN_PROGRESS.findall(result.stderr)]
+    assert progress, result.stderr
+    total = int(re.search(r"Hottest functions \((\d+) samples\)", result.stdout).group(1))  # type: ignore[union-attr]
+    for elapsed, left, samples in progress:
+        assert elapsed + left == 5 and 1 <= elapsed <= 5
+        assert samples <= total
+
+
+def test_record_on_a_terminal_shows_a_live_progress_bar(tmp_path: Path) -> None:
+    require_bpf()
+    program = build_two_function_workload(tmp_path)
+    workload = subprocess.Popen([str(program), "60"])
+    typescript = tmp_path / "typescript"
+    command = shlex.join(antiprof_command("record", "-d", "3s", "-p", str(workload.pid), "-o", str(tmp_path / "out")))
+    try:
+        result = subprocess.run(
+            ["script", "--quiet", "--return", "--command", command, str(typescript)],
+            stdin=subprocess.DEVNULL,
+            capture_output=True,
+            timeout=120,
+            env={**os.environ, "COLUMNS": "160", "TERM": "xterm"},
+        )
+    finally:
+        workload.kill()
+        workload.wait()
+    screen = ANSI.sub("", typescript.read_text(errors="replace")).replace("\r", "\n")
+    assert result.returncode == 0, screen[-2000:]
+    assert "compiling the BPF program…" in screen
+    bars = re.findall(r"sampling \S* (\d:\d\d:\d\d) elapsed, (\d:\d\d:\d\d) left, ([\d,]+) samples", screen)
+    assert bars, screen[-2000:]
+    assert int(bars[-1][2].replace(",", "")) > 0  # the count moves while it samples
+    assert "Hottest functions" in screen and "work_heavy" in screen
+
+
+def test_record_fails_at_once_when_no_pid_exists(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        antiprof_command("record", "-d", "60s", "-p", str(NO_SUCH_PID), "-o", str(tmp_path / "out")),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    assert result.stderr == f"antiprof: no such process: {NO_SUCH_PID} (-p); nothing to profile\n"
+    assert time.monotonic() - started < 30  # not after waiting out the 60 s
+    assert not (tmp_path / "out").exists()
+
+
+def test_record_help_explains_duration_and_output() -> None:
+    result = subprocess.run(
+        antiprof_command("record", "--help"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "COLUMNS": "200"},
+    )
+    text = " ".join(result.stdout.split())  # click wraps help text at its own width
+    assert "-d, --duration DURATION How long to sample, with a unit: 500ms, 10s, 2m." in text
+    assert "-o, --output DIR Directory for perf.data, flamegraph.html and the JSON lines (created 0700)." in text

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.bpf
 def test_antiprof_run_json_names_both_functions_with_their_shares(tmp_path: Path) -> None:
     require_bpf()
     program = build_two_function_workload(tmp_path)
-    workload = subprocess.Popen([str(program), "30"])
+    workload = subprocess.Popen([str(program), "3600"])  # until killed: start-up may be slow on a busy host
     output = tmp_path / "windows.jsonl"
     config = tmp_path / "antiprof.toml"
     config.write_text(

@@ -33,6 +33,7 @@ from antiprof_core.testing.workloads import (
 from antiprof_core.units import Duration
 
 pytestmark = pytest.mark.bpf
+UNTIL_STOPPED = "3600"  # seconds: workloads outlive any start-up on a busy host; the test kills them
 
 NODE_SCRIPT = """
 function antiprofHotLoop(n) { let x = 0; for (let i = 0; i < n; i++) { x += Math.sqrt(i) * 1.0001; } return x; }
@@ -63,10 +64,24 @@ def running(config: SamplerConfig) -> Iterator[BpfSampler]:
         sampler.close()
 
 
-def collect_windows(sampler: BpfSampler, count: int, seconds: float = 1.0) -> tuple[ProfileWindow, ...]:
+def cpu_seconds(pid: int) -> float:
+    """Time ``pid``'s main thread has spent on a CPU (schedstat, ns)."""
+    return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0]) / 1e9
+
+
+def collect_windows(
+    sampler: BpfSampler, count: int, seconds: float = 1.0, busy: int | None = None
+) -> tuple[ProfileWindow, ...]:
+    """``count`` windows of at least ``seconds``; with ``busy``, each also waits until that
+    process has had half a second of CPU, however loaded the host (so counts can be asserted).
+    Only for pid-filtered runs: a longer window of every process could overflow the maps."""
     windows = []
     for _ in range(count):
+        started = time.monotonic()
+        used = cpu_seconds(busy) if busy else 0.0
         time.sleep(seconds)
+        while busy and cpu_seconds(busy) - used < 0.5 and time.monotonic() - started < 120:
+            time.sleep(0.1)
         windows.append(sampler.collect())
     return tuple(windows)
 
@@ -82,13 +97,13 @@ def filtered(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     """The two-function workload, sampled with a pid filter while a twin runs unfiltered-out."""
     require_bpf()
     program = build_two_function_workload(tmp_path_factory.mktemp("filtered"))
-    target = subprocess.Popen([str(program), "20"])
-    twin = subprocess.Popen([str(program), "20"])
+    target = subprocess.Popen([str(program), UNTIL_STOPPED])
+    twin = subprocess.Popen([str(program), UNTIL_STOPPED])
     try:
         config = SamplerConfig(frequency_hz=199, window=Duration(1.0), pids=(target.pid,))
         with running(config) as sampler:
             sampler.collect()  # start-up: the workloads ran before the program was attached
-            windows = collect_windows(sampler, 3)
+            windows = collect_windows(sampler, 3, busy=target.pid)
         yield Recording(windows, {"target": target.pid, "twin": twin.pid}, program)
     finally:
         for process in (target, twin):
@@ -108,19 +123,29 @@ def everything(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Recording]:
     node = shutil.which("node")
     processes: dict[str, subprocess.Popen[bytes]] = {}
     try:
-        config = SamplerConfig(frequency_hz=199, window=Duration(1.0))
+        # Maps for 40 s of samples of every process: on a loaded host a slow first symbolize
+        # (every binary read once) stretches a 1 s window to 20 s, and this fixture checks
+        # that nothing is lost by the switch, not the default sizing (test_sampler_loader does).
+        config = SamplerConfig(frequency_hz=199, window=Duration(1.0), max_stacks=16384)
         with running(config) as sampler:
-            processes["syscall"] = subprocess.Popen([str(syscall_program), "3"])
+            processes["syscall"] = subprocess.Popen([str(syscall_program), UNTIL_STOPPED])
             if node:
                 processes["node"] = subprocess.Popen(  # cwd: node also writes isolate-*-v8.log there
-                    [node, "--perf-basic-prof", str(script), "3"], stdout=subprocess.DEVNULL, cwd=directory
+                    [node, "--perf-basic-prof", str(script), UNTIL_STOPPED], stdout=subprocess.DEVNULL, cwd=directory
                 )
             time.sleep(0.2)
-            processes["short"] = subprocess.Popen([str(short_program), "0.4"])
-            time.sleep(0.8)
-            assert processes["short"].wait(timeout=5) == 0  # gone before the drain
-            windows = (sampler.collect(), *collect_windows(sampler, 2))
-        yield Recording(windows, {name: process.pid for name, process in processes.items()}, short_program)
+            short = processes["short"] = subprocess.Popen([str(short_program), UNTIL_STOPPED])
+            windows = []
+            started = last = time.monotonic()
+            while cpu_seconds(short.pid) < 0.4 and time.monotonic() - started < 120:  # however loaded the host
+                time.sleep(0.05)
+                if time.monotonic() - last >= 1.0:  # windows of the configured length meanwhile
+                    windows.append(sampler.collect())
+                    last = time.monotonic()
+            short.kill()
+            short.wait()  # gone before the drain
+            windows += [sampler.collect(), *collect_windows(sampler, 2)]  # 1 s: every process fills the maps
+        yield Recording(tuple(windows), {name: process.pid for name, process in processes.items()}, short_program)
     finally:
         for process in processes.values():
             process.kill()
@@ -195,7 +220,8 @@ def test_process_that_exits_mid_window_is_still_named(everything: Recording) -> 
     samples = everything.samples(pid)
     assert samples
     assert share(samples, "work_heavy") > 0.4
-    process = everything.windows[0].processes[pid]
+    after_exit = [window for window in everything.windows if pid in window.processes][-1]  # drained once it was gone
+    process = after_exit.processes[pid]
     assert process.name == "two_functions"
     assert process.executable == str(everything.program)
 
@@ -203,12 +229,12 @@ def test_process_that_exits_mid_window_is_still_named(everything: Recording) -> 
 def test_trace_mode_keeps_every_timestamp(tmp_path: Path) -> None:
     require_bpf()
     program = build_two_function_workload(tmp_path)
-    workload = subprocess.Popen([str(program), "10"])
+    workload = subprocess.Popen([str(program), UNTIL_STOPPED])
     try:
         config = SamplerConfig(frequency_hz=99, window=Duration(1.0), pids=(workload.pid,), mode=SamplingMode.TRACE)
         with running(config) as sampler:
             sampler.collect()
-            windows = collect_windows(sampler, 2)
+            windows = collect_windows(sampler, 2, busy=workload.pid)
     finally:
         workload.kill()
         workload.wait()

@@ -19,11 +19,22 @@ from prometheus_client import CollectorRegistry
 from antiprof_core.config import structure_section
 from antiprof_core.consumer import Consumer, ConsumerContext, ConsumerType
 from antiprof_core.model import Host, ProfileWindow
-from antiprof_core.plugins import consumer_types, new_plugin_manager
+from antiprof_core.plugins import (
+    CORE_PLUGIN_NAME,
+    LoadedPlugins,
+    PluginInfo,
+    collect,
+    consumer_types,
+    new_plugin_manager,
+    register_plugin,
+)
+from antiprof_core.sources import builtin_sources
 from antiprof_core.sources.synthetic import synthetic_host, synthetic_window
 
 __all__ = [
     "antiprof_command",
+    "builtin_sources",
+    "load_test_plugins",
     "make_consumer",
     "plugin_manager",
     "require_bpf",
@@ -44,6 +55,20 @@ def plugin_manager(*plugins: object) -> pluggy.PluginManager:
     return manager
 
 
+def load_test_plugins(**plugins: object) -> LoadedPlugins:
+    """What ``load_plugins`` gives when exactly these plugins (by entry-point name) are installed.
+
+    Each is registered, validated and called on its own, as installed ones are: a broken plugin
+    comes back with its ``error`` instead of raising, so a test can check what users would see.
+    """
+    import antiprof_core.sources
+
+    manager = new_plugin_manager()
+    manager.register(antiprof_core.sources, name=CORE_PLUGIN_NAME)
+    infos = [PluginInfo(name=name, error=register_plugin(manager, plugin, name)) for name, plugin in plugins.items()]
+    return collect(manager, infos)
+
+
 def synthetic_context(name: str = "test", host: Host | None = None) -> ConsumerContext:
     return ConsumerContext(
         name=name,
@@ -62,7 +87,10 @@ def make_consumer(
     """
     types: dict[str, ConsumerType[Any]] = consumer_types(plugin_manager(plugin))
     consumer_type = types[type_name]
-    config = structure_section(options or {}, consumer_type.config_class, f"consumers.{name or type_name}")
+    section = f"consumers.{name or type_name}"
+    config = structure_section(options or {}, consumer_type.config_class, section)
+    if consumer_type.validate is not None:  # what `antiprof config check` runs
+        consumer_type.validate(config, section)
     return consumer_type.factory(config, synthetic_context(name or type_name))
 
 

@@ -24,8 +24,6 @@ class JsonConfig:
 class JsonLinesConsumer(Consumer):
     """Appends one line per window and writes it through at once (no user-space buffer)."""
 
-    name = "json"
-
     def __init__(self, config: JsonConfig, context: ConsumerContext) -> None:
         self.path = config.path
         self._fd: int | None = None

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
-from antiprof_core import hookimpl
-from antiprof_core.consumer import ConsumerType, Register
+import os
+
+from antiprof_core import ConsumerType, Register, hookimpl
 from antiprof_otlp.config import OtlpConfig
 from antiprof_otlp.consumer import OtlpConsumer, make_otlp_consumer
+from antiprof_otlp.settings import resolve_settings
 
 __all__ = ["OtlpConfig", "OtlpConsumer", "antiprof_register_consumers"]
+
+
+def validate_otlp_config(config: OtlpConfig, section: str) -> None:
+    """What the consumer's constructor checks (endpoint, headers, TLS files), for ``antiprof config check``."""
+    resolve_settings(config, os.environ, section)
 
 
 @hookimpl
@@ -18,5 +25,6 @@ def antiprof_register_consumers(register: Register) -> None:
             config_class=OtlpConfig,
             factory=make_otlp_consumer,
             description="OTLP Profiles over gRPC (OpenTelemetry Collector and compatible backends)",
+            validate=validate_otlp_config,
         )
     )

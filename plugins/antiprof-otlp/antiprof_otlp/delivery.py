@@ -15,13 +15,13 @@ import enum
 import logging
 import threading
 import time
-import weakref
-from typing import Any, ClassVar
+from typing import Any
 
 import grpc
 from attrs import frozen
 from prometheus_client import CollectorRegistry, Counter, Gauge
 
+from antiprof_core.consumer import labelled_family
 from antiprof_otlp.channel import export_method, open_channel
 from antiprof_otlp.retry import RETRYABLE, Backoff, server_retry_delay
 from antiprof_otlp.settings import ExportSettings
@@ -69,29 +69,22 @@ class DeliveryStats:
 
 
 class _Metrics:
-    """One set of metrics per registry, labelled by consumer name (two otlp sinks can share it)."""
-
-    _by_registry: ClassVar[weakref.WeakKeyDictionary[CollectorRegistry, _Metrics]] = weakref.WeakKeyDictionary()
-    _lock: ClassVar[threading.Lock] = threading.Lock()
+    """Families labelled by consumer name first, got or created by the core (two otlp sinks share them)."""
 
     def __init__(self, registry: CollectorRegistry) -> None:
         def counter(name: str, doc: str, *labels: str) -> Counter:
-            return Counter(name, doc, ["consumer", *labels], registry=registry)
+            return labelled_family(registry, Counter, name, doc, labels)
 
         self.windows = counter("antiprof_otlp_windows", "Windows by what became of them", "outcome")
         self.requests = counter("antiprof_otlp_requests", "Export calls by final outcome", "outcome")
         self.retries = counter("antiprof_otlp_retries", "Export calls tried again", "code")
         self.rejected_profiles = counter("antiprof_otlp_rejected_profiles", "partial_success.rejected_profiles")
         self.bytes_sent = counter("antiprof_otlp_sent_bytes", "Request bytes delivered, before compression")
-        self.queue_bytes = Gauge("antiprof_otlp_queue_bytes", "Bytes waiting", ["consumer"], registry=registry)
+        self.queue_bytes = labelled_family(registry, Gauge, "antiprof_otlp_queue_bytes", "Bytes waiting")
 
     @classmethod
     def of(cls, registry: CollectorRegistry) -> _Metrics:
-        with cls._lock:
-            metrics = cls._by_registry.get(registry)
-            if metrics is None:
-                metrics = cls._by_registry[registry] = cls(registry)
-            return metrics
+        return cls(registry)
 
 
 class Sender:

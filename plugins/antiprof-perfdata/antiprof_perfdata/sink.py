@@ -15,11 +15,8 @@ import os
 import stat
 import sys
 import time
-import weakref
 from pathlib import Path
 from typing import BinaryIO
-
-from prometheus_client import CollectorRegistry, Counter
 
 from antiprof_core.consumer import Consumer, ConsumerContext
 from antiprof_core.model import ProfileWindow
@@ -36,39 +33,7 @@ class PerfDataWriteError(Exception):
     """One window could not be written; the message names the path."""
 
 
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.windows = Counter(
-            "antiprof_perfdata_windows_written", "Windows written to perf.data", ["consumer"], registry=registry
-        )
-        self.dropped = Counter(
-            "antiprof_perfdata_windows_failed",
-            "Windows lost to a write error (disk full, permissions)",
-            ["consumer"],
-            registry=registry,
-        )
-        self.bytes = Counter(
-            "antiprof_perfdata_bytes_written", "Record bytes written to perf.data", ["consumer"], registry=registry
-        )
-        self.files = Counter(
-            "antiprof_perfdata_files_created", "perf.data files started", ["consumer"], registry=registry
-        )
-
-
-_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
-
-
-def _metrics(registry: CollectorRegistry) -> _Metrics:
-    """One set of metric families per registry, shared by every perfdata consumer in it."""
-    found = _metrics_by_registry.get(registry)
-    if found is None:
-        found = _metrics_by_registry[registry] = _Metrics(registry)
-    return found
-
-
 class PerfDataSink(Consumer):
-    name = "perfdata"
-
     def __init__(self, config: PerfDataConfig, context: ConsumerContext) -> None:
         self.config = config
         self.context = context
@@ -81,12 +46,16 @@ class PerfDataSink(Consumer):
         self.files_created: list[Path] = []
         self.windows_written = 0
         self.windows_dropped = 0
-        metrics = _metrics(context.metrics)
-        label = context.name
-        self._windows_metric = metrics.windows.labels(label)
-        self._dropped_metric = metrics.dropped.labels(label)
-        self._bytes_metric = metrics.bytes.labels(label)
-        self._files_metric = metrics.files.labels(label)
+        self._windows_metric = context.counter(
+            "antiprof_perfdata_windows_written", "Windows written to perf.data"
+        ).labels()
+        self._dropped_metric = context.counter(
+            "antiprof_perfdata_windows_failed", "Windows lost to a write error (disk full, permissions)"
+        ).labels()
+        self._bytes_metric = context.counter(
+            "antiprof_perfdata_bytes_written", "Record bytes written to perf.data"
+        ).labels()
+        self._files_metric = context.counter("antiprof_perfdata_files_created", "perf.data files started").labels()
 
     def start(self) -> None:
         if self.config.mode is OutputMode.FILE:

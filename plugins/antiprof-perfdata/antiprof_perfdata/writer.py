@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
+from antiprof_core import distribution_version
 from antiprof_core.model import Host, ProfileWindow
 from antiprof_core.outputs import open_output_fd, publish_new, temporary_sibling
 from antiprof_perfdata import features, layout
@@ -27,7 +28,7 @@ from antiprof_perfdata.encoder import EncodedWindow, RecordEncoder
 ATTRS_OFFSET = layout.FILE_HEADER.size
 ATTR_ENTRY_SIZE = layout.ATTR_SIZE_VER0 + layout.FILE_SECTION.size
 DATA_OFFSET = ATTRS_OFFSET + ATTR_ENTRY_SIZE
-DEFAULT_VERSION = "antiprof-perfdata 0.1.0"
+DEFAULT_VERSION = f"antiprof-perfdata {distribution_version('antiprof-perfdata')}"  # perf.data's FEAT_VERSION
 
 
 class PerfDataFile:
