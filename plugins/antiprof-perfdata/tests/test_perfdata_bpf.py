@@ -301,9 +301,11 @@ def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs
     assert done.returncode == 0, stderr
     assert len(run.json_path.read_text().splitlines()) >= 11  # every window, disk full or not
     assert f"cannot write {full_tmpfs / 'perf'}" in stderr and "No space left on device" in stderr
-    [path] = (full_tmpfs / "perf").glob("*.perf.data")
-    report = run_perf(["report", "-i", str(path), "--stdio"], run.buildid_dir)
-    assert report.returncode == 0 and "work_heavy" in report.stdout
+    # All or nothing: a file appears only with a whole window in it, and then perf reads it.
+    for path in (full_tmpfs / "perf").glob("*.perf.data"):
+        report = run_perf(["report", "-i", str(path), "--stdio"], run.buildid_dir)
+        assert report.returncode == 0 and "work_heavy" in report.stdout
+    assert not list((full_tmpfs / "perf").glob(".*.tmp")), "a temporary file was left behind"
 
 
 def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
