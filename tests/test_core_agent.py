@@ -89,7 +89,8 @@ def test_a_consumer_that_cannot_start_is_retried_and_the_others_go_on(tmp_path: 
     assert result.returncode == 0
     assert len((tmp_path / "good.jsonl").read_text().splitlines()) == 2
     # Tried at start and again before each of the 2 windows, one line each, no traceback.
-    assert result.stderr.count("consumer 'broken' start failed: FileExistsError") == 3
+    refused = f"consumer 'broken' start failed: OutputPathError: {tmp_path}/a-file: is not a directory"
+    assert result.stderr.count(refused) == 3
     assert "consumer 'broken': 0 windows consumed, 0 dropped (queue full), 3 errors" in result.stderr
     assert "Traceback" not in result.stderr
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
+from collections.abc import Iterator
 
 import pytest
+from prometheus_client import CollectorRegistry
 
 from antiprof_core.consumer import Consumer
 from antiprof_core.model import ProfileWindow
@@ -172,3 +175,127 @@ def test_flush_leaves_time_for_close_to_report() -> None:
     [stats] = router.shutdown(timeout=2.0)
     assert 1.0 <= slow.flush_timeout <= 1.81  # 2 s less the reserve for close()
     assert slow.calls == ["start", "flush", "close"] and stats.finished
+
+
+class Deaths(logging.Handler):
+    """Collects the router's "thread died" lines as they are logged, from any thread."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.lines: list[str] = []
+        self.logged = threading.Semaphore(0)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "thread died" in record.getMessage():
+            self.lines.append(record.getMessage())
+            self.logged.release()
+
+
+@pytest.fixture
+def deaths() -> Iterator[tuple[logging.Logger, Deaths]]:
+    logger = logging.getLogger("antiprof.test.deaths")
+    handler = Deaths()
+    logger.addHandler(handler)
+    try:
+        yield logger, handler
+    finally:
+        logger.removeHandler(handler)
+
+
+class ExitsOnSecond(Recording):
+    """A sink that calls sys.exit() in its second window (a third-party plugin could)."""
+
+    def consume(self, window: ProfileWindow) -> None:
+        if len(self.windows) == 1 and not getattr(self, "exited", False):
+            self.exited = True
+            sys.exit("plugin gave up")
+        super().consume(window)
+
+
+def test_a_thread_killed_by_systemexit_is_logged_at_once_counted_and_restarted(deaths) -> None:
+    logger, handler = deaths
+    registry = CollectorRegistry()
+    router = Router(logger, registry)
+    exiting, healthy = ExitsOnSecond(), Recording()
+    router.add("exiting", exiting, queue_size=len(WINDOWS))
+    router.add("healthy", healthy, queue_size=len(WINDOWS))
+    router.start()
+    router.publish(WINDOWS[0])
+    router.publish(WINDOWS[1])
+    assert handler.logged.acquire(timeout=5), "the death was not logged"  # before any other window
+    assert handler.lines == [
+        "consumer 'exiting' thread died: SystemExit: plugin gave up; it starts again with the next window"
+    ]
+    for window in WINDOWS[2:5]:
+        router.publish(window)
+    stats = {s.name: s for s in router.shutdown(timeout=10)}
+    assert [w.start_ns for w in exiting.windows] == [w.start_ns for w in (WINDOWS[0], *WINDOWS[2:5])]
+    assert (stats["exiting"].delivered, stats["exiting"].errors, stats["exiting"].restarts) == (4, 1, 1)
+    assert stats["exiting"].finished and exiting.calls == ["start", "flush", "close"]  # started once, closed once
+    assert len(healthy.windows) == 5 and stats["healthy"].restarts == 0
+    assert registry.get_sample_value("antiprof_consumer_restarts_total", {"consumer": "exiting"}) == 1
+    assert registry.get_sample_value("antiprof_consumer_errors_total", {"consumer": "exiting"}) == 1
+
+
+def test_a_thread_that_dies_in_start_starts_the_sink_again_with_the_next_window(deaths) -> None:
+    class Interrupted(BaseException):
+        pass
+
+    class DiesInStart(Recording):
+        def start(self) -> None:
+            if not self.calls:
+                self.calls.append("died")
+                raise Interrupted("start was interrupted")
+            super().start()
+
+    logger, handler = deaths
+    router = Router(logger)
+    sink = DiesInStart()
+    router.add("fragile", sink, queue_size=len(WINDOWS))
+    router.start()
+    assert handler.logged.acquire(timeout=5)
+    assert handler.lines == [
+        "consumer 'fragile' thread died: Interrupted: start was interrupted; it starts again with the next window"
+    ]
+    for window in WINDOWS[:3]:
+        router.publish(window)
+    [stats] = router.shutdown(timeout=10)
+    assert [w.start_ns for w in sink.windows] == [w.start_ns for w in WINDOWS[:3]]
+    assert sink.calls == ["died", "start", "flush", "close"]
+    assert (stats.delivered, stats.restarts, stats.finished) == (3, 1, True)
+
+
+def test_a_sink_that_exits_in_every_window_never_stops_the_others(deaths) -> None:
+    class AlwaysExits(Recording):
+        def consume(self, window: ProfileWindow) -> None:
+            raise SystemExit(3)
+
+    logger, handler = deaths
+    router = Router(logger)
+    exiting, healthy = AlwaysExits(), Recording()
+    router.add("exiting", exiting, queue_size=len(WINDOWS))
+    router.add("healthy", healthy, queue_size=len(WINDOWS))
+    router.start()
+    for window in WINDOWS[:6]:
+        router.publish(window)
+    stats = {s.name: s for s in router.shutdown(timeout=10)}
+    assert stats["exiting"].errors == 6 and stats["exiting"].delivered == 0
+    assert stats["exiting"].finished and exiting.calls == ["start", "flush", "close"]
+    assert len(handler.lines) == 6
+    assert len(healthy.windows) == 6 and stats["healthy"].errors == 0
+
+
+def test_a_thread_that_dies_while_shutting_down_is_not_started_again(deaths) -> None:
+    class ExitsInFlush(Recording):
+        def flush(self, timeout: float) -> None:
+            raise SystemExit("flush gave up")
+
+    logger, handler = deaths
+    router = Router(logger)
+    sink = ExitsInFlush()
+    router.add("exiting", sink)
+    router.start()
+    router.publish(WINDOWS[0])
+    [stats] = router.shutdown(timeout=5)
+    assert handler.lines == ["consumer 'exiting' thread died: SystemExit: flush gave up; it is not flushed or closed"]
+    assert (stats.delivered, stats.errors, stats.restarts, stats.finished) == (1, 1, 0, False)

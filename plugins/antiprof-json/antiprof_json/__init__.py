@@ -11,13 +11,14 @@ from attrs import frozen
 from antiprof_core import Consumer, ConsumerContext, ConsumerType, ProfileWindow, hookimpl
 from antiprof_core.codec import window_to_dict
 from antiprof_core.consumer import Register
+from antiprof_core.outputs import OutputPathError, ensure_private_dir, open_output_fd
 
 STDOUT = "-"
 
 
 @frozen
 class JsonConfig:
-    path: str = STDOUT  # a file (appended to, created 0600, its folder 0700 if missing) or "-" for stdout
+    path: str = STDOUT  # a file (appended to, created 0600, missing folders 0700; never a symlink) or "-" for stdout
 
 
 class JsonLinesConsumer(Consumer):
@@ -36,14 +37,16 @@ class JsonLinesConsumer(Consumer):
             if self.path == STDOUT:
                 self._fd = sys.stdout.fileno()
             else:
-                os.makedirs(os.path.dirname(self.path) or ".", mode=0o700, exist_ok=True)
-                self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+                ensure_private_dir(os.path.dirname(self.path) or ".")
+                self._fd = open_output_fd(self.path, exclusive=False, append=True)
         return self._fd
 
     def consume(self, window: ProfileWindow) -> None:
         line = orjson.dumps(window_to_dict(window), option=orjson.OPT_APPEND_NEWLINE)
         try:
             self._write(line)
+        except OutputPathError:
+            raise
         except OSError as exc:
             raise OSError(exc.errno, f"{self.path}: cannot write window: {exc.strerror or exc}") from None
         self.windows_written += 1

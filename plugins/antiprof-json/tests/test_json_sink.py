@@ -5,6 +5,7 @@ import os
 import stat
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +14,9 @@ import pytest
 
 from antiprof_core.codec import window_from_dict
 from antiprof_core.config import ConfigError
+from antiprof_core.outputs import OutputPathError
 from antiprof_core.testing import make_consumer, run_consumer, small_tmpfs, synthetic_window
+from antiprof_core.testing.users import unprivileged_user
 
 
 def test_one_line_per_window_written_through_at_once(tmp_path: Path) -> None:
@@ -53,14 +56,37 @@ def test_missing_folders_are_created(tmp_path: Path) -> None:
     path = tmp_path / "new" / "deeper" / "w.jsonl"
     run_consumer(make_consumer(antiprof_json, "json", {"path": str(path)}), [synthetic_window(stacks=5)])
     assert len(path.read_text().splitlines()) == 1
-    assert stat.S_IMODE(os.stat(path.parent).st_mode) == 0o700
+    for folder in (path.parent, path.parent.parent):  # the parents it makes are private too
+        assert stat.S_IMODE(os.stat(folder).st_mode) == 0o700, folder
 
 
 def test_unusable_path_fails_to_start(tmp_path: Path) -> None:
     (tmp_path / "a-file").write_text("")
     consumer = make_consumer(antiprof_json, "json", {"path": str(tmp_path / "a-file" / "w.jsonl")})
-    with pytest.raises(FileExistsError, match="a-file"):
+    with pytest.raises(OutputPathError) as error:
         consumer.start()
+    assert str(error.value) == f"{tmp_path / 'a-file'}: is not a directory"
+
+
+def test_a_symlink_planted_at_the_path_by_another_user_is_refused(tmp_path: Path) -> None:
+    victim = tmp_path / "root-only"
+    victim.write_bytes(b"secret\n")
+    victim.chmod(0o600)
+    with unprivileged_user("antiprof-t-json") as user, tempfile.TemporaryDirectory() as parent:
+        os.chmod(parent, 0o755)
+        theirs = Path(parent) / "theirs"
+        theirs.mkdir()
+        os.chown(theirs, user.uid, user.gid)  # a folder the user owns: the kernel's protected_symlinks does not apply
+        planted = theirs / "windows.jsonl"
+        user.run(["ln", "-s", str(victim), str(planted)])
+        consumer = make_consumer(antiprof_json, "json", {"path": str(planted)})
+        with pytest.raises(OutputPathError) as error:
+            consumer.start()
+        assert str(error.value) == f"{planted}: is a symbolic link; refusing to write through it"
+        with pytest.raises(OutputPathError):  # and every window after that
+            consumer.consume(synthetic_window(stacks=3))
+        consumer.close()
+    assert victim.read_bytes() == b"secret\n"
 
 
 def test_config_is_strict() -> None:

@@ -35,3 +35,4 @@ class OtlpConfig:
     queue_bytes: ByteSize = field(default=ByteSize(64 << 20), validator=positive)
     retry_initial_backoff: Duration = field(default=Duration(0.5), validator=positive)
     retry_max_backoff: Duration = field(default=Duration(30.0), validator=positive)
+    max_retry_delay: Duration = field(default=Duration(300.0), validator=positive)  # caps RetryInfo and backoff

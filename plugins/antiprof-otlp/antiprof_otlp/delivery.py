@@ -64,6 +64,8 @@ class DeliveryStats:
     retries: int = 0
     rejected_profiles: int = 0
     bytes_sent: int = 0
+    retry_delays_capped: int = 0  # a server's RetryInfo was longer than max_retry_delay
+    sender_restarts: int = 0  # the sender thread died and was started again
 
 
 class _Metrics:
@@ -114,6 +116,7 @@ class Sender:
         self._stats = {field.name: 0 for field in DeliveryStats.__attrs_attrs__}
         self._channel: grpc.Channel | None = None
         self._thread = threading.Thread(target=self._run, name=f"otlp-sender-{name}", daemon=True)
+        self._dead = False  # the sender thread died; the next offer starts another
 
     # --- the consumer's side ---------------------------------------------------------------
 
@@ -143,6 +146,7 @@ class Sender:
             self._queue.append(batch)
             self._queued_bytes += size
             self._count("windows_queued")
+            self._revive()
             self._metrics.queue_bytes.labels(self.name).set(self._queued_bytes)
             self._changed.notify_all()
             return True
@@ -151,6 +155,7 @@ class Sender:
         """Wait until every queued window is delivered or refused; False if time ran out."""
         deadline = time.monotonic() + max(timeout, 0.0)
         with self._changed:
+            self._revive()
             self._deadline = deadline
             self._wake.set()  # a long backoff must not eat the flush time: try again now
             try:
@@ -204,8 +209,22 @@ class Sender:
     def _run(self) -> None:
         try:
             self._send_queued()
-        except Exception:  # a bug here must not pass silently: the queue would only grow
-            self._logger.exception("otlp '%s': the sender stopped", self.name)
+        except BaseException as error:  # a bug here must not pass silently: the queue would only grow
+            self._logger.error(
+                "otlp '%s': the sender thread died: %s: %s; it starts again with the next window",
+                self.name, type(error).__name__, error,
+            )
+            self._logger.debug("otlp '%s': sender traceback", self.name, exc_info=True)
+            with self._changed:
+                self._dead = True
+
+    def _revive(self) -> None:
+        """Start a new sender thread when the last one died (callers hold ``self._changed``)."""
+        if self._dead and not self._closing.is_set():
+            self._dead = False
+            self._count("sender_restarts")
+            self._thread = threading.Thread(target=self._run, name=f"otlp-sender-{self.name}", daemon=True)
+            self._thread.start()
 
     def _send_queued(self) -> None:
         while True:
@@ -268,7 +287,8 @@ class Sender:
                 if code not in RETRYABLE:
                     return self._refused(request, code.name, error.details())  # type: ignore[attr-defined]
                 server_delay = server_retry_delay(error.trailing_metadata())  # type: ignore[attr-defined]
-                delay = server_delay if server_delay is not None else self._backoff.delay(attempt)
+                delay = self._capped(server_delay) if server_delay is not None else self._backoff.delay(attempt)
+                delay = min(delay, self._settings.max_retry_delay)
                 log = self._logger.warning if attempt == 0 else self._logger.debug
                 log(
                     "otlp '%s': export to %s failed with %s (%s); retrying in %.2fs%s",
@@ -294,6 +314,19 @@ class Sender:
             self._accepted(request, response, attempt)
             return Outcome.SENT
         return Outcome.ABANDONED
+
+    def _capped(self, asked: float) -> float:
+        """The server's RetryInfo delay, but never past ``max_retry_delay`` (said once per request)."""
+        cap = self._settings.max_retry_delay
+        if asked <= cap:
+            return asked
+        self._logger.warning(
+            "otlp '%s': %s asked to retry in %.6gs; waiting max_retry_delay = %gs instead",
+            self.name, self._settings.target, asked, cap,
+        )
+        with self._changed:
+            self._count("retry_delays_capped")
+        return cap
 
     def _refused(self, request: EncodedRequest, code: str, details: str) -> Outcome:
         with self._changed:

@@ -24,6 +24,9 @@ ENV_INSECURE = "OTEL_EXPORTER_OTLP_INSECURE"
 ENV_PROFILES_INSECURE = "OTEL_EXPORTER_OTLP_PROFILES_INSECURE"
 
 
+MAX_WAIT_SECONDS = 86_400.0  # a day: longer waits overflow nothing, but mean nothing either
+
+
 class SettingsError(ValueError):
     """One line naming the config key or environment variable that is wrong."""
 
@@ -38,6 +41,7 @@ class ExportSettings:
     headers: tuple[tuple[str, str], ...] = field(default=(), repr=False)  # never printed: may hold secrets
     gzip: bool = True
     timeout: float = 10.0
+    max_retry_delay: float = 300.0  # no wait between tries is longer, whatever a server's RetryInfo says
 
     @property
     def header_names(self) -> tuple[str, ...]:
@@ -92,6 +96,7 @@ def resolve_settings(
         headers=tuple(sorted(headers.items())),
         gzip=config.compression is Compression.GZIP,
         timeout=float(config.timeout),
+        max_retry_delay=min(float(config.max_retry_delay), MAX_WAIT_SECONDS),
     )
 
 

@@ -26,7 +26,7 @@ class PerfDataConfig:
     max_files: int = field(default=24, validator=between(1, 1_000_000))
     mode: OutputMode = OutputMode.FILE
     path: str = ""  # pipe mode only
-    expand_counts: bool = False  # one plain sample per occurrence, for tools that count lines
+    compact: bool = False  # one record per distinct stack, period-weighted: only perf report weighs it right
 
     def __attrs_post_init__(self) -> None:
         if self.mode is OutputMode.PIPE and not self.path:

@@ -10,10 +10,12 @@ from __future__ import annotations
 from attrs import field, frozen
 
 from antiprof_core.model import FrameKind, Mapping, ProfileWindow, SamplingMode
-from antiprof_perfdata import layout
+from antiprof_perfdata import layout, timeline
 
 _KERNEL = FrameKind.KERNEL
 KERNEL_MAP_SUFFIX = "_text"  # names the relocation symbol, as perf record writes it
+_TIME_AT = 24  # SAMPLE: header 8, ip 8, pid|tid 8, then time
+_U64_PACK = layout.U64.pack
 
 
 @frozen
@@ -94,10 +96,14 @@ def mmap2_record(pid: int, mapping: Mapping) -> bytes:
 
 
 class RecordEncoder:
-    """Encodes windows for one stream; ``expand_counts`` writes ``count`` plain samples per stack."""
+    """Encodes windows for one stream: one SAMPLE per counted sample, at the sampling period.
 
-    def __init__(self, expand_counts: bool = False) -> None:
-        self.expand_counts = expand_counts
+    ``compact``: one SAMPLE per distinct stack with ``period = count x sampling period`` instead;
+    ``perf report`` weighs it right, tools that count lines or time (FlameGraph, speedscope) do not.
+    """
+
+    def __init__(self, compact: bool = False) -> None:
+        self.compact = compact
         self.comms: dict[tuple[int, int], str] = {}
         self.mappings: set[tuple[int, Mapping]] = set()
         self.build_ids: dict[tuple[str, bytes], BuildId] = {}
@@ -185,18 +191,21 @@ class RecordEncoder:
         return comms, mappings
 
     def _samples(self, window: ProfileWindow, chunks: list[bytes]) -> int:
-        """SAMPLE records, leaf first, with kernel and user context markers; returns how many."""
+        """SAMPLE records in time order, leaf first with kernel and user context markers; returns how many.
+
+        Each distinct stack is packed once, split around its time field, and repeated with the
+        times ``timeline.sample_times`` gives it.
+        """
+        compact = self.compact
         period = window.period_ns
         trace = window.mode is SamplingMode.TRACE
-        expand = self.expand_counts
-        start = window.start_ns
         sample_struct = layout.sample_struct
-        append = chunks.append
         kernel_marker, user_marker = layout.CONTEXT_KERNEL, layout.CONTEXT_USER
         misc_kernel, misc_user = layout.MISC_KERNEL, layout.MISC_USER
         record_type = layout.RECORD_SAMPLE
         base_size = 8 * (1 + layout.SAMPLE_FIXED_WORDS)
-        records = 0
+        heads: list[bytes] = []
+        tails: list[bytes] = []
         for sample in window.samples:
             stack = sample.stack
             chain = [frame.address for frame in stack]
@@ -215,36 +224,16 @@ class RecordEncoder:
             else:
                 ip, misc = 0, misc_user
             nr = len(chain)
-            packer = sample_struct(nr)
-            size = base_size + 8 * nr
-            if trace and sample.timestamps:
-                pid, tid, cpu = sample.pid, sample.tid, sample.cpu
-                for time in sample.timestamps:
-                    append(packer.pack(record_type, misc, size, ip, pid, tid, time, cpu, 0, period, nr, *chain))
-                records += len(sample.timestamps)
-            elif expand:
-                record = packer.pack(
-                    record_type, misc, size, ip, sample.pid, sample.tid, start, sample.cpu, 0, period, nr, *chain
-                )
-                append(record * sample.count)
-                records += sample.count
-            else:
-                count = sample.count
-                append(
-                    packer.pack(
-                        record_type,
-                        misc,
-                        size,
-                        ip,
-                        sample.pid,
-                        sample.tid,
-                        start,
-                        sample.cpu,
-                        0,
-                        period * count,
-                        nr,
-                        *chain,
-                    )
-                )
-                records += 1
-        return records
+            weight = period * sample.count if compact and not (trace and sample.timestamps) else period
+            record = sample_struct(nr).pack(
+                record_type, misc, base_size + 8 * nr, ip, sample.pid, sample.tid, 0, sample.cpu, 0, weight, nr, *chain
+            )
+            heads.append(record[:_TIME_AT])
+            tails.append(record[_TIME_AT + 8 :])
+        events = timeline.sample_times(window, expand=not compact)
+        append, pack_time = chunks.append, _U64_PACK
+        for time, index in events:
+            append(heads[index])
+            append(pack_time(time))
+            append(tails[index])
+        return len(events)

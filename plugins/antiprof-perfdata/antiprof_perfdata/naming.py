@@ -31,3 +31,10 @@ def own_files(directory: Path, hostname: str) -> list[Path]:
         if match and entry.is_file() and not entry.is_symlink():
             found.append((match.group(1), int(match.group(2) or 0), entry))
     return [entry for _, _, entry in sorted(found)]
+
+
+def own_temporaries(directory: Path, hostname: str) -> list[Path]:
+    """This host's hidden temporary files (``.<file name>.<hex>.tmp``) in ``directory``."""
+    stem = rf"antiprof-{re.escape(safe_host(hostname))}-\d{{8}}T\d{{6}}Z(?:-\d+)?{re.escape(SUFFIX)}"
+    pattern = re.compile(rf"\.{stem}\.[0-9a-f]+\.tmp")
+    return sorted(entry for entry in directory.iterdir() if pattern.fullmatch(entry.name))

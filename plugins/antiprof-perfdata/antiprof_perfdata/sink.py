@@ -2,7 +2,9 @@
 
 A write that fails (full disk, permissions, a vanished directory) costs that one window: the
 error names the path, the window is counted as dropped, and the next window tries again, with a
-new file (and a recreated directory) when the old one is gone.
+new file (and a recreated directory) when the old one is gone. A new file is written under a
+hidden temporary name and appears under its real name only with its first window in it; one
+that fails is removed, so every ``*.perf.data`` of this sink is one ``perf`` reads.
 """
 
 from __future__ import annotations
@@ -12,17 +14,19 @@ import errno
 import os
 import stat
 import sys
+import time
 from pathlib import Path
 from typing import BinaryIO
 
 from antiprof_core.consumer import Consumer, ConsumerContext
 from antiprof_core.model import ProfileWindow
+from antiprof_core.outputs import OutputPathError, ensure_private_dir, temporary_sibling
 from antiprof_perfdata import naming
 from antiprof_perfdata.config import STDOUT, OutputMode, PerfDataConfig
-from antiprof_perfdata.writer import PerfDataFile, PerfDataPipe
+from antiprof_perfdata.writer import PerfDataFile, PerfDataPipe, is_readable
 
-DIRECTORY_MODE = 0o700
 _MAX_SAME_SECOND = 1000
+STALE_TEMPORARY_SECONDS = 60.0  # a temporary file lives for one window's write; older ones are a killed agent's
 
 
 class PerfDataWriteError(Exception):
@@ -58,7 +62,9 @@ class PerfDataSink(Consumer):
             try:
                 self._ensure_directory()
             except OSError as exc:  # not fatal: every window tries again
-                self.context.logger.error("perfdata: cannot create %s: %s", self.directory, exc.strerror or exc)
+                self.context.logger.error("perfdata: cannot create %s: %s", self.directory, _reason(exc))
+                return
+            self._remove_stale_temporaries()
 
     def consume(self, window: ProfileWindow) -> None:
         path: Path | str = self.config.path if self.config.mode is OutputMode.PIPE else self.directory
@@ -73,7 +79,7 @@ class PerfDataSink(Consumer):
             self._dropped_metric.inc()
             where = exc.filename or path
             raise PerfDataWriteError(
-                f"cannot write {where}: {exc.strerror or exc}; window dropped, the next one will try again"
+                f"cannot write {where}: {_reason(exc)}; window dropped, the next one will try again"
             ) from None
         self.windows_written += 1
         self._windows_metric.inc()
@@ -102,7 +108,7 @@ class PerfDataSink(Consumer):
                 self._close_file()
                 current = encoded = None
         if current is None:
-            current = self._open_file(window)
+            return self._start_file(window)
         return current.write(encoded if encoded is not None else window)
 
     def _should_rotate(self, current: PerfDataFile, window: ProfileWindow) -> bool:
@@ -123,44 +129,77 @@ class PerfDataSink(Consumer):
         return (on_disk.st_dev, on_disk.st_ino) == (mine.st_dev, mine.st_ino)
 
     def _ensure_directory(self) -> None:
-        if not self.directory.is_dir():
-            self.directory.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+        ensure_private_dir(self.directory)
 
-    def _open_file(self, window: ProfileWindow) -> PerfDataFile:
+    def _start_file(self, window: ProfileWindow) -> int:
+        """Write ``window`` into a new file, then give it its name; on failure leave nothing behind."""
         self._ensure_directory()
         hostname = self.context.host.hostname
-        for sequence in range(_MAX_SAME_SECOND):
-            path = self.directory / naming.file_name(hostname, window.start_ns, sequence)
-            try:
-                opened = PerfDataFile(
-                    path,
-                    window.host,
-                    window.frequency_hz,
-                    self.command_line,
-                    expand_counts=self.config.expand_counts,
-                )
-            except FileExistsError:
-                continue
-            break
-        else:
-            raise OSError(errno.EEXIST, "too many files started in one second", str(self.directory))
+        first_choice = self.directory / naming.file_name(hostname, window.start_ns)
+        temporary = temporary_sibling(first_choice)
+        try:
+            opened = PerfDataFile(
+                temporary, window.host, window.frequency_hz, self.command_line, compact=self.config.compact
+            )
+        except OSError as exc:
+            if exc.filename in (None, str(temporary)) and not isinstance(exc, OutputPathError):
+                exc.filename = str(first_choice)
+            raise
+        try:
+            written = opened.write(window)
+            final = self._publish(opened, window.start_ns)
+        except BaseException as exc:
+            opened.close()
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            if isinstance(exc, OSError) and exc.filename in (None, str(temporary)):
+                exc.filename = str(first_choice)
+            raise
         self.current = opened
         self._file_start_ns = window.start_ns
-        self.files_created.append(path)
+        self.files_created.append(final)
         self._files_metric.inc()
         self._apply_retention()
-        return opened
+        return written
+
+    def _publish(self, opened: PerfDataFile, start_ns: int) -> Path:
+        hostname = self.context.host.hostname
+        for sequence in range(_MAX_SAME_SECOND):
+            final = self.directory / naming.file_name(hostname, start_ns, sequence)
+            try:
+                opened.publish_as(final)
+            except FileExistsError:
+                continue
+            return final
+        raise OSError(errno.EEXIST, "too many files started in one second", str(self.directory))
 
     def _apply_retention(self) -> None:
-        """Keep the newest ``max_files`` of this sink's files (the current one included)."""
+        """Keep the newest ``max_files`` of this sink's files (the current one included).
+
+        Files ``perf`` could not read (left by an older version) go first, so a readable file is
+        never deleted while an unreadable one is kept.
+        """
         files = naming.own_files(self.directory, self.context.host.hostname)
-        for old in files[: max(len(files) - self.config.max_files, 0)]:
-            if self.current is not None and old == self.current.path:
-                continue
+        excess = len(files) - self.config.max_files
+        if excess <= 0:
+            return
+        current = self.current.path if self.current is not None else None
+        candidates = [old for old in files if old != current]
+        doomed = [old for old in candidates if not is_readable(old)]
+        doomed += [old for old in candidates if old not in doomed]
+        for old in doomed[:excess]:
             try:
                 old.unlink()
             except OSError as exc:
-                self.context.logger.warning("perfdata: cannot remove old file %s: %s", old, exc.strerror or exc)
+                self.context.logger.warning("perfdata: cannot remove old file %s: %s", old, _reason(exc))
+
+    def _remove_stale_temporaries(self) -> None:
+        """Temporary files a killed agent left (never a name ``perf`` users look at, but they take space)."""
+        cutoff = time.time() - STALE_TEMPORARY_SECONDS
+        for stale in naming.own_temporaries(self.directory, self.context.host.hostname):
+            with contextlib.suppress(OSError):
+                if os.lstat(stale).st_mtime < cutoff:
+                    os.unlink(stale)
 
     def _close_file(self) -> None:
         if self.current is not None:
@@ -177,7 +216,7 @@ class PerfDataSink(Consumer):
                 window.host,
                 window.frequency_hz,
                 self.command_line,
-                expand_counts=self.config.expand_counts,
+                compact=self.config.compact,
             )
         try:
             return self.pipe.write(window)
@@ -191,11 +230,27 @@ class PerfDataSink(Consumer):
         """stdout, or ``path``: a FIFO (no reader yet: ENXIO, dropped and retried) or a new regular file."""
         if self.config.path == STDOUT:
             return open(os.dup(sys.stdout.fileno()), "wb", buffering=0)
+        path = self.config.path
         flags = os.O_WRONLY | os.O_CREAT | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC
-        fd = os.open(self.config.path, flags, 0o600)
-        if stat.S_ISREG(os.fstat(fd).st_mode):
-            os.ftruncate(fd, 0)
-        os.set_blocking(fd, True)
+        try:
+            fd = os.open(path, flags, 0o600)
+        except OSError as exc:
+            if exc.errno == errno.ELOOP:
+                raise OutputPathError(errno.ELOOP, path, "is a symbolic link; refusing to write through it") from None
+            raise
+        try:
+            info = os.fstat(fd)
+            if stat.S_ISREG(info.st_mode):
+                if info.st_nlink > 1:
+                    reason = f"has {info.st_nlink} hard links; refusing to truncate it"
+                    raise OutputPathError(errno.EMLINK, path, reason)
+                os.ftruncate(fd, 0)
+            elif not stat.S_ISFIFO(info.st_mode):
+                raise OutputPathError(errno.EINVAL, path, "is neither a FIFO nor a regular file")
+            os.set_blocking(fd, True)
+        except BaseException:
+            os.close(fd)
+            raise
         return open(fd, "wb", buffering=0)
 
     def _close_pipe(self) -> None:
@@ -203,3 +258,8 @@ class PerfDataSink(Consumer):
         if stream is not None:
             with contextlib.suppress(OSError):
                 stream.close()
+
+
+def _reason(exc: OSError) -> str:
+    """The reason alone: the path is said once, by the caller."""
+    return exc.reason if isinstance(exc, OutputPathError) else str(exc.strerror or exc)

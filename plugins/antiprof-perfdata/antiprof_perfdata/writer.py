@@ -1,29 +1,33 @@
 """Writing perf.data: a crash-safe file (``PerfDataFile``) or a pipe-format stream (``PerfDataPipe``).
 
-No BPF here: anything that holds a ``ProfileWindow`` can write one. The file is valid after every
-window. Appending first clears the header's feature bitmap (the features at the old data end are
-about to be overwritten), then writes the records and the new feature block, and only then
-publishes the new data size and bitmap in one 104-byte ``pwrite``. A SIGKILL at any moment leaves
-either the previous window's state or the new one, which ``perf report`` reads.
+No BPF here: anything that holds a ``ProfileWindow`` can write one. A file is written under a
+temporary name until its first window is in, and only then linked to its real name
+(``publish_as``), so no reader ever finds a file without samples. From then on it is valid after
+every window: appending first clears the header's feature bitmap (the features at the old data
+end are about to be overwritten), then writes the records and the new feature block, and only
+then publishes the new data size and bitmap in one 104-byte ``pwrite``. A SIGKILL or a full disk
+at any moment leaves either the previous window's state or the new one, which ``perf`` reads.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import BinaryIO
 
 from antiprof_core import distribution_version
 from antiprof_core.model import Host, ProfileWindow
+from antiprof_core.outputs import open_output_fd, publish_new, temporary_sibling
 from antiprof_perfdata import features, layout
 from antiprof_perfdata.encoder import EncodedWindow, RecordEncoder
 
 ATTRS_OFFSET = layout.FILE_HEADER.size
 ATTR_ENTRY_SIZE = layout.ATTR_SIZE_VER0 + layout.FILE_SECTION.size
 DATA_OFFSET = ATTRS_OFFSET + ATTR_ENTRY_SIZE
-FILE_MODE = 0o600
-OPEN_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
 DEFAULT_VERSION = f"antiprof-perfdata {distribution_version('antiprof-perfdata')}"  # perf.data's FEAT_VERSION
 
 
@@ -37,16 +41,19 @@ class PerfDataFile:
         frequency_hz: int,
         command_line: Sequence[str] = (),
         version: str = DEFAULT_VERSION,
-        expand_counts: bool = False,
+        compact: bool = False,
     ) -> None:
-        """Create ``path`` (0600, O_EXCL, O_NOFOLLOW: never an existing file or a symlink)."""
+        """Create ``path`` (0600, O_EXCL, O_NOFOLLOW: never an existing file or a symlink).
+
+        ``path`` is meant to be a temporary name: see ``publish_as``.
+        """
         self.path = path
         self.frequency_hz = frequency_hz
-        self.encoder = RecordEncoder(expand_counts)
+        self.encoder = RecordEncoder(compact)
         self._host_features = features.host_features(host, command_line, version)
         self._event_desc = features.event_desc(frequency_hz)
         self._data_size = 0
-        self._fd = os.open(path, OPEN_FLAGS, FILE_MODE)
+        self._fd = open_output_fd(path, exclusive=True)
         try:
             attrs = features.attr_bytes(frequency_hz) + layout.FILE_SECTION.pack(0, 0)
             os.pwrite(self._fd, self._header(0, (0, 0, 0, 0)) + attrs, 0)
@@ -91,6 +98,11 @@ class PerfDataFile:
         self._data_size += len(encoded.data)
         self._publish()
         return len(encoded.data)
+
+    def publish_as(self, final: Path) -> None:
+        """Give the file its real name (``FileExistsError`` if taken); call after a first ``write``."""
+        publish_new(self.path, final)
+        self.path = final
 
     def close(self) -> None:
         if self._fd >= 0:
@@ -158,10 +170,10 @@ class PerfDataPipe:
         frequency_hz: int,
         command_line: Sequence[str] = (),
         version: str = DEFAULT_VERSION,
-        expand_counts: bool = False,
+        compact: bool = False,
     ) -> None:
         self.stream = stream
-        self.encoder = RecordEncoder(expand_counts)
+        self.encoder = RecordEncoder(compact)
         attr = features.attr_bytes(frequency_hz)
         parts = [
             layout.PIPE_HEADER.pack(layout.MAGIC, layout.PIPE_HEADER.size),
@@ -192,11 +204,46 @@ def write_perf_data(
     path: Path,
     windows: Sequence[ProfileWindow],
     command_line: Sequence[str] = (),
-    expand_counts: bool = False,
+    compact: bool = False,
 ) -> Path:
-    """Write ``windows`` (at least one; all from one host and frequency) to a new file at ``path``."""
+    """Write ``windows`` (at least one; all from one host and frequency) to a new file at ``path``.
+
+    The file appears at ``path`` only once complete; an existing file there is never replaced.
+    """
+    if os.path.lexists(path):
+        raise FileExistsError(errno.EEXIST, "File exists", str(path))
     first = windows[0]
-    with PerfDataFile(path, first.host, first.frequency_hz, command_line, expand_counts=expand_counts) as out:
-        for window in windows:
-            out.write(window)
+    temporary = temporary_sibling(path)
+    with PerfDataFile(temporary, first.host, first.frequency_hz, command_line, compact=compact) as out:
+        try:
+            for window in windows:
+                out.write(window)
+            out.publish_as(path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
     return path
+
+
+def is_readable(path: Path) -> bool:
+    """Whether ``path`` is a perf.data file with samples that ``perf`` opens (header and sizes only).
+
+    Not a full check: enough to tell a published file from an empty or header-only one.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    except OSError:
+        return False
+    try:
+        info = os.fstat(fd)
+        head = os.pread(fd, layout.FILE_HEADER.size, 0)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    if not stat.S_ISREG(info.st_mode) or len(head) < layout.FILE_HEADER.size:
+        return False
+    fields = layout.FILE_HEADER.unpack(head)
+    magic, data_offset, data_size = fields[0], fields[5], fields[6]
+    return magic == layout.MAGIC and data_size > 0 and info.st_size >= data_offset + data_size

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -16,6 +17,7 @@ from fractions import Fraction
 from pathlib import Path
 
 import pytest
+from antiprof_perfdata import readers
 from antiprof_perfdata.perftool import ScriptSample, parse_script, perf_path, run_perf
 
 from antiprof_core.codec import window_from_dict
@@ -29,9 +31,12 @@ from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_S
 ANTIPROF = str(Path(sys.executable).parent / "antiprof")
 pytestmark = pytest.mark.bpf
 # Each run times itself from the moment it is attached (--duration); the bound covers BCC's start on a busy host.
+AGENT_TIMEOUT = 900  # a busy machine slows BCC's compile down a lot: wait for the agent, do not fail it
 
 
-def write_config(directory: Path, pid: int, perf_dir: Path, json_path: Path, window: str = "1s") -> Path:
+def write_config(
+    directory: Path, pid: int, perf_dir: Path, json_path: Path, window: str = "1s", mode: str = "aggregate"
+) -> Path:
     config = directory / "antiprof.toml"
     config.write_text(
         textwrap.dedent(
@@ -40,6 +45,7 @@ def write_config(directory: Path, pid: int, perf_dir: Path, json_path: Path, win
             frequency_hz = 99
             window = "{window}"
             pids = [{pid}]
+            mode = "{mode}"
 
             [consumers.perfdata]
             output_dir = "{perf_dir}"
@@ -52,9 +58,11 @@ def write_config(directory: Path, pid: int, perf_dir: Path, json_path: Path, win
     return config
 
 
-def start_workload(binary: Path) -> subprocess.Popen[bytes]:
-    """Runs until the test kills it: BCC may take many seconds to attach on a busy machine."""
-    workload = subprocess.Popen([str(binary)])
+def start_workload(binary: Path, favoured: bool = False) -> subprocess.Popen[bytes]:
+    """Runs until the test kills it (BCC may take many seconds to attach on a busy machine).
+
+    ``favoured``: at nice -20, so other load on the machine does not take its CPU away."""
+    workload = subprocess.Popen([*(["nice", "-n", "-20"] if favoured else []), str(binary)])
     time.sleep(0.2)  # past the loader, into main's loop
     return workload
 
@@ -96,15 +104,14 @@ class Run:
         return path
 
 
-@pytest.fixture(scope="module")
-def two_function_run(tmp_path_factory: pytest.TempPathFactory, two_function_binary: Path) -> Run:
-    """One agent run on the two-function workload until it has 1000 samples (enough for a 5-point
-    tolerance however busy the host), shared by the assertions below."""
+def record_two_functions(base: Path, binary: Path, mode: str = "aggregate") -> Run:
+    """``antiprof run`` with the perfdata and JSON sinks on the two-function workload (favoured),
+    until it has 1000 samples: enough for the share tolerances however busy the host."""
     require_bpf()
-    run = Run(tmp_path_factory.mktemp("two-function-run"))
-    workload = start_workload(two_function_binary)
+    run = Run(base)
+    workload = start_workload(binary, favoured=True)
     try:
-        config = write_config(run.base, workload.pid, run.perf_dir, run.json_path)
+        config = write_config(run.base, workload.pid, run.perf_dir, run.json_path, mode=mode)
         with RunningAgent(config, run.base) as agent:
             wait_until(lambda: json_sink_samples(run.json_path, workload.pid) >= 1000, timeout=300, what="samples")
     finally:
@@ -112,6 +119,72 @@ def two_function_run(tmp_path_factory: pytest.TempPathFactory, two_function_bina
         workload.wait()
     assert agent.returncode == 0, agent.stderr
     return run
+
+
+@pytest.fixture(scope="module")
+def two_function_run(tmp_path_factory: pytest.TempPathFactory, two_function_binary: Path) -> Run:
+    """One 3-second agent run on the two-function workload, shared by the assertions below."""
+    return record_two_functions(tmp_path_factory.mktemp("two-function-run"), two_function_binary)
+
+
+@pytest.fixture(scope="module")
+def two_function_trace_run(tmp_path_factory: pytest.TempPathFactory, two_function_binary: Path) -> Run:
+    """The same in trace mode: every sample keeps its own time."""
+    return record_two_functions(tmp_path_factory.mktemp("two-function-trace"), two_function_binary, mode="trace")
+
+
+@pytest.mark.parametrize("mode", ["aggregate", "trace"])
+def test_every_reader_shows_the_shares_of_antiprofs_own_table(mode, request):
+    """perf report, perf script folded by lines, npm flamegraph and speedscope: within 1 point.
+
+    speedscope weighs a sample by the time to its thread's neighbours. Aggregated windows give a
+    thread's samples even times, so that is the count. Trace windows keep the real times, where
+    a thread the machine kept off its CPU lends the gap to the samples around it: speedscope is
+    then checked against that time weighting of the same samples, and against the table when the
+    workload ran without such gaps (it runs at nice -20 so that it does).
+    """
+    run = request.getfixturevalue("two_function_run" if mode == "aggregate" else "two_function_trace_run")
+    windows = read_windows(run.json_path)
+    assert all(window.mode.value == mode for window in windows)
+    names = (*TWO_FUNCTION_SHARES, *TWO_FUNCTION_CALLERS)
+    table = readers.table_shares(windows, names)
+    assert table["work_heavy"] == pytest.approx(TWO_FUNCTION_SHARES["work_heavy"], abs=0.07)
+    shown = readers.all_shares(run.perf_file, run.buildid_dir, names)
+    speedscope = shown.pop("speedscope")
+    for reader, shares in shown.items():
+        for name in names:
+            assert shares[name] == pytest.approx(table[name], abs=0.01), (mode, reader, name, shares, table)
+    expected, widest_gap = table, 0.0
+    if mode == "trace":
+        expected, widest_gap = time_weighted_shares(windows, names)
+        assert expected == pytest.approx(speedscope, abs=0.002)  # speedscope read every time and stack right
+    if widest_gap <= 3 * windows[0].period_ns:
+        for name in names:
+            assert speedscope[name] == pytest.approx(table[name], abs=0.01), (mode, name, speedscope, table)
+
+
+def time_weighted_shares(windows: list[ProfileWindow], names: tuple[str, ...]) -> tuple[dict[str, float], float]:
+    """speedscope's weighting of trace samples (half the time to each neighbour of the same thread),
+    and the widest gap between a thread's samples."""
+    by_thread: dict[tuple[int, int], list[tuple[int, frozenset[str]]]] = {}
+    for window in windows:
+        for sample in window.samples:
+            held = frozenset(frame.symbol for frame in sample.stack if frame.symbol in names)
+            by_thread.setdefault((sample.pid, sample.tid), []).extend((t, held) for t in sample.timestamps)
+    weights: dict[str, float] = dict.fromkeys(names, 0.0)
+    total, widest = 0.0, 0.0
+    for events in by_thread.values():
+        events.sort(key=lambda event: event[0])
+        times = [time for time, _ in events]
+        for index, (_, held) in enumerate(events):
+            before = times[index] - times[index - 1] if index else 0
+            after = times[index + 1] - times[index] if index + 1 < len(times) else 0
+            weight = (before + after) / 2
+            total += weight
+            for name in held:
+                weights[name] += weight
+        widest = max([widest, *(later - earlier for earlier, later in itertools.pairwise(times))])
+    return {name: weights[name] / (total or 1) for name in names}, widest
 
 
 def test_report_and_script_read_the_run_cleanly_and_name_the_workload(two_function_run, two_function_binary):
@@ -168,7 +241,7 @@ def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
         done = subprocess.run(
-            [ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=180
+            [ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=AGENT_TIMEOUT
         )
     finally:
         workload.kill()
@@ -220,7 +293,7 @@ def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs
     try:
         config = write_config(tmp_path, workload.pid, full_tmpfs / "perf", run.json_path, window="250ms")
         done = subprocess.run(
-            [ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=180
+            [ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=AGENT_TIMEOUT
         )
     finally:
         workload.kill()
@@ -234,9 +307,11 @@ def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs
     assert delivered is not None, stderr
     assert len(run.json_path.read_text().splitlines()) == int(delivered.group(1)) >= 6
     assert f"cannot write {full_tmpfs / 'perf'}" in stderr and "No space left on device" in stderr
-    [path] = (full_tmpfs / "perf").glob("*.perf.data")
-    report = run_perf(["report", "-i", str(path), "--stdio"], run.buildid_dir)
-    assert report.returncode == 0 and "work_heavy" in report.stdout
+    # All or nothing: a file appears only with a whole window in it, and then perf reads it.
+    for path in (full_tmpfs / "perf").glob("*.perf.data"):
+        report = run_perf(["report", "-i", str(path), "--stdio"], run.buildid_dir)
+        assert report.returncode == 0 and "work_heavy" in report.stdout
+    assert not list((full_tmpfs / "perf").glob(".*.tmp")), "a temporary file was left behind"
 
 
 def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
@@ -267,9 +342,9 @@ def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
             env=env,
         )
         done = subprocess.run(
-            [ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=180
+            [ANTIPROF, "run", "-c", str(config), "--duration", "3s"], capture_output=True, timeout=AGENT_TIMEOUT
         )
-        recorder.wait(timeout=30)
+        recorder.wait(timeout=AGENT_TIMEOUT)
     finally:
         workload.kill()
         workload.wait()
@@ -309,7 +384,7 @@ def test_jit_frames_are_named_from_the_perf_map(tmp_path):
         time.sleep(0.5)
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path)
         done = subprocess.run(
-            [ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=180
+            [ANTIPROF, "run", "-c", str(config), "--duration", "2s"], capture_output=True, timeout=AGENT_TIMEOUT
         )
         assert done.returncode == 0, done.stderr.decode()
         report = run_perf(

@@ -53,6 +53,11 @@ def sample_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.startswith("\t")]
 
 
+def counted(window_list: list) -> int:
+    """Samples the windows hold: one SAMPLE record each in perf.data."""
+    return sum(window.sample_count for window in window_list)
+
+
 def perf_files(directory: Path) -> list[str]:
     return sorted(p.name for p in directory.glob("*.perf.data"))
 
@@ -64,7 +69,7 @@ def test_defaults_match_the_documentation():
     config = sink({}).config
     assert config.output_dir == "/var/lib/antiprof/perf"
     assert (config.rotate_every, config.max_file_size, config.max_files) == (3600.0, 100 * 1024 * 1024, 24)
-    assert (config.mode.value, config.path, config.expand_counts) == ("file", "", False)
+    assert (config.mode.value, config.path, config.compact) == ("file", "", False)
 
 
 @pytest.mark.parametrize(
@@ -77,7 +82,7 @@ def test_defaults_match_the_documentation():
         ({"mode": "socket"}, "consumers.perfdata.mode: expected one of 'file', 'pipe', got a string ('socket')"),
         ({"mode": "pipe"}, 'consumers.perfdata.path: pipe mode needs a path: a FIFO, or "-" for stdout'),
         ({"path": "/tmp/x"}, 'consumers.perfdata.path: only used with mode = "pipe"'),
-        ({"expand_count": True}, "consumers.perfdata.expand_count: unknown key (did you mean 'expand_counts'?)"),
+        ({"compacted": True}, "consumers.perfdata.compacted: unknown key (did you mean 'compact'?)"),
     ],
 )
 def test_bad_config_is_one_line_naming_the_key(options, message):
@@ -94,10 +99,11 @@ def test_directory_and_files_are_private_and_named_by_host_and_utc_start(tmp_pat
     out = tmp_path / "new" / "perf"
     run_consumer(sink({"output_dir": str(out)}), windows(3))
     assert out.stat().st_mode & 0o777 == 0o700
+    assert out.parent.stat().st_mode & 0o777 == 0o700  # the parent it made too
     assert perf_files(out) == ["antiprof-synthetic-host-20261125T094640Z.perf.data"]
     [path] = out.glob("*.perf.data")
     assert path.stat().st_mode & 0o777 == 0o600
-    assert samples_in(path, buildid_dir) == 3 * 20
+    assert samples_in(path, buildid_dir) == counted(windows(3))
 
 
 def test_no_file_until_a_window_has_samples(tmp_path, buildid_dir):
@@ -111,7 +117,7 @@ def test_no_file_until_a_window_has_samples(tmp_path, buildid_dir):
     consumer.consume(empty[0])
     consumer.close()
     assert perf_files(tmp_path) == ["antiprof-synthetic-host-20261125T094642Z.perf.data"]
-    assert samples_in(tmp_path / perf_files(tmp_path)[0], buildid_dir) == 20
+    assert samples_in(tmp_path / perf_files(tmp_path)[0], buildid_dir) == counted(windows(3)[-1:])
 
 
 def test_rotation_by_time_starts_a_file_per_period(tmp_path, buildid_dir):
@@ -122,20 +128,22 @@ def test_rotation_by_time_starts_a_file_per_period(tmp_path, buildid_dir):
         "antiprof-synthetic-host-20261125T094652Z.perf.data",
         "antiprof-synthetic-host-20261125T094704Z.perf.data",
     ]
-    assert [samples_in(tmp_path / name, buildid_dir) for name in perf_files(tmp_path)] == [60, 60, 20]
+    sent = windows(7, every_s=4)
+    expected = [counted(sent[0:3]), counted(sent[3:6]), counted(sent[6:7])]
+    assert [samples_in(tmp_path / name, buildid_dir) for name in perf_files(tmp_path)] == expected
 
 
 def test_rotation_by_size_keeps_every_file_under_the_limit(tmp_path, buildid_dir):
-    limit = 48 * 1024
-    consumer = sink({"output_dir": str(tmp_path), "max_file_size": "48KiB"})
-    run_consumer(consumer, windows(12, every_s=0.05, stacks=60))
+    limit = 64 * 1024
+    consumer = sink({"output_dir": str(tmp_path), "max_file_size": "64KiB"})
+    run_consumer(consumer, windows(24, every_s=0.05, stacks=15))  # about 10 KB a window
     names = perf_files(tmp_path)
     assert len(names) == len(consumer.files_created) > 2
     assert "antiprof-synthetic-host-20261125T094640Z.perf.data" in names
     assert "antiprof-synthetic-host-20261125T094640Z-1.perf.data" in names  # same second: a sequence number
     assert all((tmp_path / name).stat().st_size <= limit for name in names)
     assert all(consumer_file.stat().st_size > limit * 0.8 for consumer_file in consumer.files_created[:-1])
-    assert sum(samples_in(tmp_path / name, buildid_dir) for name in names) == 12 * 60
+    assert sum(samples_in(tmp_path / name, buildid_dir) for name in names) == counted(windows(24, 0.05, 15))
 
 
 def test_retention_deletes_only_this_sinks_oldest_files(tmp_path):
@@ -168,7 +176,7 @@ def test_vanished_directory_is_recreated_on_the_next_window(tmp_path, buildid_di
     consumer.close()
     [path] = out.glob("*.perf.data")
     assert path.name == "antiprof-synthetic-host-20261125T094641Z.perf.data"
-    assert samples_in(path, buildid_dir) == 20
+    assert samples_in(path, buildid_dir) == second.sample_count
 
 
 @pytest.fixture
@@ -183,21 +191,23 @@ def test_full_disk_drops_the_window_names_the_path_and_recovers(small_tmpfs, bui
     filler.write_bytes(b"\0" * (200 * 1024))
     consumer = sink({"output_dir": str(small_tmpfs / "perf")})
     consumer.start()
-    errors = []
+    errors, written = [], []
     for window in windows(10, stacks=40):
         try:
             consumer.consume(window)
+            written.append(window)
         except PerfDataWriteError as error:
             errors.append(str(error))
-    assert consumer.windows_written >= 1 and consumer.windows_dropped == len(errors) >= 1
+    assert consumer.windows_written == len(written) >= 1 and consumer.windows_dropped == len(errors) >= 1
     [path] = (small_tmpfs / "perf").glob("*.perf.data")
     assert errors[0] == (f"cannot write {path}: No space left on device; window dropped, the next one will try again")
-    assert samples_in(path, buildid_dir) == consumer.windows_written * 40  # readable up to the last good window
+    assert samples_in(path, buildid_dir) == counted(written)  # readable up to the last good window
 
     filler.unlink()
-    consumer.consume(windows(11, stacks=40)[-1])
+    last = windows(11, stacks=40)[-1]
+    consumer.consume(last)
     consumer.close()
-    assert samples_in(path, buildid_dir) == consumer.windows_written * 40
+    assert samples_in(path, buildid_dir) == counted([*written, last])
 
 
 def test_permission_denied_drops_the_window_and_retries(tmp_path, buildid_dir):
@@ -253,7 +263,8 @@ def test_permission_denied_drops_the_window_and_retries(tmp_path, buildid_dir):
         [path] = locked.glob("*.perf.data")
         assert path.name == "antiprof-synthetic-host-20261125T094641Z.perf.data"
         os.chown(path, 0, 0)  # perf reads only its own user's (or root's) files
-        assert samples_in(path, buildid_dir) == 20
+        second_window = synthetic_window(processes=2, stacks=20, seed=2, start_ns=T0 + SECOND)
+        assert samples_in(path, buildid_dir) == second_window.sample_count
     finally:
         shutil.rmtree(public)
 
@@ -284,7 +295,9 @@ def test_sigkill_while_writing_leaves_a_file_perf_reads(tmp_path, buildid_dir):
     assert report.returncode == 0
     assert "WARNING" not in report.stderr and "failed" not in report.stderr
     samples = samples_in(path, buildid_dir)
-    assert samples >= 3 * 300 and samples % 300 == 0  # whole windows only
+    sent = [synthetic_window(processes=4, stacks=300, seed=i % 5) for i in range(200)]
+    whole_windows = {counted(sent[:n]) for n in range(3, len(sent))}
+    assert samples in whole_windows  # whole windows only
 
 
 # --- pipe mode ---------------------------------------------------------------------------------
@@ -318,7 +331,7 @@ def test_pipe_mode_to_a_fifo_waits_for_a_reader_then_streams(tmp_path, buildid_d
     consumer.close()
     out, _ = reader.communicate(timeout=30)
     assert reader.returncode == 0
-    assert len(sample_lines(out.decode())) == 3 * 20
+    assert len(sample_lines(out.decode())) == counted(rest)
 
 
 def test_antiprof_run_pipes_to_perf_script(tmp_path, buildid_dir):
@@ -347,7 +360,8 @@ def test_antiprof_run_pipes_to_perf_script(tmp_path, buildid_dir):
     )
     assert pipeline.returncode == 0, pipeline.stderr.decode()
     lines = sample_lines(pipeline.stdout.decode())
-    assert len(lines) >= 2 * 30 and len(lines) % 30 == 0
+    assert len(lines) >= 2 * 30  # at least two windows of 30 stacks, one line per sample
+    assert {line.split()[2] for line in lines} == {str(1_000_000_000 // 19)}
     assert all(line.split()[0].startswith("synthetic_") for line in lines)
 
 
@@ -355,7 +369,7 @@ def test_script_output_parses_into_frames(tmp_path, buildid_dir):
     run_consumer(sink({"output_dir": str(tmp_path)}), windows(1, stacks=5))
     [path] = tmp_path.glob("*.perf.data")
     samples = parse_script(run_perf(["script", "-i", str(path)], buildid_dir).stdout)
-    assert len(samples) == 5 and all(len(s.frames) == 16 for s in samples)
+    assert len(samples) == counted(windows(1, stacks=5)) and all(len(s.frames) == 16 for s in samples)
 
 
 def test_antiprof_record_writes_perf_data_and_says_how_to_open_it(tmp_path, buildid_dir):

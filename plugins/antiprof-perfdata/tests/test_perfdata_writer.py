@@ -37,7 +37,8 @@ def test_report_and_script_name_every_function_with_the_windows_own_shares(tmp_p
     assert (report.returncode, report.stderr) == (0, "")
     assert (script.returncode, script.stderr) == (0, "")
     samples = parse_script(script.stdout)
-    assert len(samples) == 3  # aggregated: one record per stack
+    assert len(samples) == sum(STACKS.values())  # one record per sample, at the sampling period
+    assert {sample.period for sample in samples} == {1_000_000_000 // 99}
     assert all(frame.symbol is not None for sample in samples for frame in sample.frames)
     assert {tuple(frame.symbol for frame in sample.frames) for sample in samples} == set(STACKS)
     total = sum(STACKS.values())
@@ -45,7 +46,7 @@ def test_report_and_script_name_every_function_with_the_windows_own_shares(tmp_p
     assert {name: Fraction(share).limit_denominator(1000) for name, share in leaf_shares(samples).items()} == expected
     shown = report_shares(report.stdout)
     assert shown == pytest.approx({name: float(share) for name, share in expected.items()}, abs=0.00005)
-    assert "Samples: 3  of event 'cpu-clock'" in report.stdout
+    assert "Samples: 10  of event 'cpu-clock'" in report.stdout
     period = 1_000_000_000 // 99
     assert f"Event count (approx.): {total * period}" in report.stdout
 
@@ -88,11 +89,13 @@ def test_kernel_frames_are_named_under_the_user_stack(tmp_path, buildid_dir, elf
     script = run_perf(["script", "-i", str(path)], buildid_dir)
 
     assert (script.returncode, script.stderr) == (0, "")
-    [sample] = parse_script(script.stdout)
-    assert [(f.symbol, f.dso) for f in sample.frames] == [(n, "[kernel.kallsyms]") for n in names] + [
-        ("cycle", str(elf_windows.binary)),
-        ("main", str(elf_windows.binary)),
-    ]
+    samples = parse_script(script.stdout)
+    assert len(samples) == 2
+    for sample in samples:
+        assert [(f.symbol, f.dso) for f in sample.frames] == [(n, "[kernel.kallsyms]") for n in names] + [
+            ("cycle", str(elf_windows.binary)),
+            ("main", str(elf_windows.binary)),
+        ]
 
 
 def kallsyms_address(name: str) -> int:
@@ -122,20 +125,23 @@ def test_pipe_mode_reads_through_cat(tmp_path, buildid_dir, elf_windows, host):
 
     assert (script.returncode, script.stderr.decode()) == (0, "")
     samples = parse_script(script.stdout.decode())
-    assert len(samples) == 6
-    assert sorted(str(s.leaf) for s in samples) == sorted([names[0] for names in STACKS] * 2)
+    assert len(samples) == 2 * sum(STACKS.values())
+    leaves = [names[0] for names, count in STACKS.items() for _ in range(count)]
+    assert sorted(str(s.leaf) for s in samples) == sorted(leaves * 2)
     assert stream_path.read_bytes()[:16] == layout.PIPE_HEADER.pack(b"PERFILE2", 16)
 
 
-def test_expand_counts_writes_one_plain_sample_per_occurrence(tmp_path, buildid_dir, elf_windows, host):
-    path = write_perf_data(tmp_path / "e.perf.data", [elf_windows.window(STACKS, host)], expand_counts=True)
+def test_compact_writes_one_period_weighted_record_per_stack(tmp_path, buildid_dir, elf_windows, host):
+    path = write_perf_data(tmp_path / "c.perf.data", [elf_windows.window(STACKS, host)], compact=True)
 
-    script = run_perf(["script", "-i", str(path)], buildid_dir)
+    report = run_perf(["report", "-i", str(path), "--stdio", "--no-children", "--sort", "sym"], buildid_dir)
+    samples = parse_script(run_perf(["script", "-i", str(path)], buildid_dir).stdout)
 
-    samples = parse_script(script.stdout)
-    assert len(samples) == sum(STACKS.values())
-    assert {s.period for s in samples} == {1_000_000_000 // 99}
-    assert sum(s.leaf == "work_heavy" for s in samples) == 6
+    assert len(samples) == 3
+    period = 1_000_000_000 // 99
+    assert sorted(s.period for s in samples) == sorted(count * period for count in STACKS.values())
+    assert "Samples: 3  of event 'cpu-clock'" in report.stdout
+    assert report_shares(report.stdout)["work_heavy"] == pytest.approx(0.6)  # perf report weighs period
 
 
 def test_trace_mode_writes_each_sample_at_its_own_time(tmp_path, buildid_dir):
@@ -145,10 +151,10 @@ def test_trace_mode_writes_each_sample_at_its_own_time(tmp_path, buildid_dir):
     script = run_perf(["script", "-i", str(path), "-F", "tid,time,period"], buildid_dir)
 
     assert script.returncode == 0
-    times = sorted(float(line.split()[1].rstrip(":")) for line in script.stdout.splitlines() if line.strip())
+    times = [float(line.split()[1].rstrip(":")) for line in script.stdout.splitlines() if line.strip()]
     expected = sorted(t for sample in window.samples for t in sample.timestamps)
     assert len(times) == window.sample_count
-    assert times == pytest.approx([t / 1e9 for t in expected], abs=2e-6)
+    assert times == pytest.approx([t / 1e9 for t in expected], abs=2e-6)  # printed in time order
 
 
 def test_file_reads_after_every_window_and_counts_add_up(tmp_path, buildid_dir):
@@ -160,7 +166,7 @@ def test_file_reads_after_every_window_and_counts_add_up(tmp_path, buildid_dir):
             script = run_perf(["script", "-i", str(path), "-F", "tid,period"], buildid_dir)
             assert script.returncode == 0
             periods = [int(line.split()[1]) for line in script.stdout.splitlines() if line.strip()]
-            assert len(periods) == 40 * written
+            assert len(periods) == sum(w.sample_count for w in windows[:written])
             assert sum(periods) == sum(w.sample_count for w in windows[:written]) * windows[0].period_ns
 
 
