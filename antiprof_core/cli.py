@@ -31,6 +31,7 @@ from antiprof_core.config import (
     resolve_config_path,
 )
 from antiprof_core.logs import TextFormatter, configure_logging, quiet_grpc
+from antiprof_core.outputs import ensure_private_dir
 from antiprof_core.plugins import LoadedPlugins, load_plugins
 from antiprof_core.recording import SampleCounter, show_progress, snapshot, written_since
 from antiprof_core.summary import HottestFunctions
@@ -236,7 +237,7 @@ def record(
     if alive != config.sampler.pids:
         config = attrs.evolve(config, sampler=attrs.evolve(config.sampler, pids=alive))
     try:
-        out.mkdir(mode=0o700, parents=True, exist_ok=True)
+        ensure_private_dir(out)
     except OSError as exc:
         _fail([f"{out}: cannot create the output directory: {exc.strerror}"], 1)
     before = snapshot(out)

@@ -6,7 +6,7 @@ one step: ``link`` for a new per-window file (fails if the name exists, never cl
 ``rename`` for the rolling file (replaces it atomically; readers see the old or the new page).
 All of it goes through a directory descriptor opened with O_NOFOLLOW.
 
-A private copy for now: shared helpers for this are planned in antiprof_core.outputs.
+Folders are made by antiprof_core.outputs; publishing goes through the directory descriptor.
 """
 
 from __future__ import annotations
@@ -16,14 +16,14 @@ import os
 import secrets
 from pathlib import Path
 
-DIRECTORY_MODE = 0o700
+from antiprof_core.outputs import ensure_private_dir
+
 FILE_MODE = 0o600
 
 
 def open_directory(path: Path) -> int:
     """The output directory (created 0700 with its parents if missing) as an O_NOFOLLOW descriptor."""
-    if not path.is_dir():
-        path.mkdir(mode=DIRECTORY_MODE, parents=True, exist_ok=True)
+    ensure_private_dir(path)
     return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
 
 

@@ -20,8 +20,9 @@ from pathlib import Path
 
 from attrs import frozen
 
+from antiprof_core.outputs import ensure_private_dir
+
 SUFFIX = ".pb.gz"
-DIRECTORY_MODE = 0o700
 FILE_MODE = 0o600
 _MAX_SAME_SECOND = 1000
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -47,14 +48,8 @@ class OwnFile:
 
 
 def _open_private_directory(path: Path) -> int:
-    """An fd for ``path``, created 0700 if missing; refuses a symlink in its place (ELOOP/ENOTDIR).
-
-    Kept private and small so it can give way to a shared core helper for output directories.
-    """
-    if path.parent != path:
-        os.makedirs(path.parent, mode=DIRECTORY_MODE, exist_ok=True)
-    with contextlib.suppress(FileExistsError):
-        os.mkdir(path, DIRECTORY_MODE)
+    """An fd for ``path``, created 0700 with its parents if missing; refuses a symlink in its place."""
+    ensure_private_dir(path)
     try:
         return os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
     except OSError as exc:
