@@ -138,9 +138,10 @@ class ProcessTable:
         samples in the next window.
         """
         forgotten = []
+        live = procfs.live_pids(self._proc)
         with self._lock:
             for pid, state in list(self._processes.items()):
-                if procfs.alive(pid, self._proc):
+                if pid in live:
                     state.dead_windows = 0
                     continue
                 state.dead_windows += 1

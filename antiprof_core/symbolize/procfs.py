@@ -136,3 +136,9 @@ def read_container_id(pid: int, proc: Path = PROC) -> str | None:
 
 def alive(pid: int, proc: Path = PROC) -> bool:
     return (proc / str(pid)).exists()
+
+
+def live_pids(proc: Path = PROC) -> set[int]:
+    """Every process now, from one read of the /proc directory (a few getdents calls, not a stat per PID)."""
+    with os.scandir(proc) as entries:
+        return {int(entry.name) for entry in entries if entry.name.isdigit()}
