@@ -18,6 +18,7 @@ from antiprof_core.model import ProfileWindow
 from antiprof_core.summary import HottestFunctions
 from antiprof_core.symbolize.elf import read_elf
 from antiprof_core.testing import antiprof_command, require_bpf
+from antiprof_core.testing.agent import RunningAgent, json_sink_samples, wait_until
 from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES
 
 pytestmark = pytest.mark.bpf
@@ -68,18 +69,21 @@ def assert_within_one_point(found: dict, expected: dict[str, tuple[float, float]
 
 @pytest.fixture(scope="module")
 def recorded(tmp_path_factory: pytest.TempPathFactory, two_function_binary: Path) -> tuple[Path, int]:
-    """One 3-second agent run writing pprof files and JSON windows side by side."""
+    """One agent run writing pprof files and JSON windows side by side, until 1000 samples of the
+    workload (enough for the share tolerances however busy the host)."""
     require_bpf()
     directory = tmp_path_factory.mktemp("pprof-run")
-    workload = subprocess.Popen([str(two_function_binary), str(WORKLOAD_SECONDS)])
+    # At nice -20, so other load on the machine cannot skew the workload's 2:1 split; runs until killed.
+    workload = subprocess.Popen(["nice", "-n", "-20", str(two_function_binary)])
     try:
         config = write_config(directory, workload.pid)
-        done = subprocess.run(antiprof_command("run", "-c", str(config), "--duration", "3s"), capture_output=True,
-                              timeout=120)  # fmt: skip
+        with RunningAgent(config, directory) as agent:
+            windows = directory / "windows.jsonl"
+            wait_until(lambda: json_sink_samples(windows, workload.pid) >= 1000, timeout=300, what="samples")
     finally:
         workload.kill()
         workload.wait()
-    assert done.returncode == 0, done.stderr.decode()
+    assert agent.returncode == 0, agent.stderr
     return directory, workload.pid
 
 
@@ -93,7 +97,8 @@ def test_go_tool_pprof_shares_match_antiprof_table(recorded, go_pprof, readers):
     assert len(files) >= 2
     assert_within_one_point({name: (row.flat_percent, row.cum_percent) for name, row in top.items()}, expected)
     for name, truth in TWO_FUNCTION_SHARES.items():
-        assert abs(expected[name][0] - 100 * truth) <= 5, (name, expected[name])
+        # Against the truth: its time with kernel work on its behalf (interrupts, preemption): total.
+        assert abs(expected[name][1] - 100 * truth) <= 5, (name, expected[name])
 
 
 def test_pprof_format_reads_the_workload_with_its_binary_and_labels(recorded, two_function_binary, readers):
