@@ -122,8 +122,12 @@ class Agent:
     def _run(self, duration: float | None) -> int:
         if not self.router.workers:
             self.logger.warning("no consumers are configured: windows are sampled and discarded")
-        source = self._start_source()
-        self.router.start()
+        self.router.start()  # sinks start (connect, open folders) while the BPF program compiles
+        try:
+            source = self._start_source()
+        except AgentError:
+            self.router.shutdown(self.config.agent.shutdown_timeout)
+            raise
         self._announce_ready()
         names = [w.name for w in self.router.workers]
         self._notify("antiprof_startup", agent_info=AgentInfo(self.config, self.host, __version__, names))
