@@ -27,6 +27,7 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(BIN)/mypy antiprof_core $(foreach p,$(PLUGINS),$(filter-out %.egg-info,$(wildcard $(p)/antiprof_*)))
 
 pytest: setup

@@ -19,9 +19,7 @@ def _load() -> Callable[[str], str] | None:
     try:
         import cxxfilt
 
-        return cxxfilt.Demangler(
-            cxxfilt.find_any_library("c"), cxxfilt.find_any_library("stdc++", "c++")
-        ).demangle
+        return cxxfilt.Demangler(cxxfilt.find_any_library("c"), cxxfilt.find_any_library("stdc++", "c++")).demangle
     except Exception:  # no libstdc++ on this host: names stay mangled
         return None
 

@@ -140,7 +140,10 @@ class Sender:
                 )
                 self._logger.warning(
                     "otlp '%s': dropped the window starting at %d (%d samples): %s",
-                    self.name, batch.window_start_ns, batch.samples, reason,
+                    self.name,
+                    batch.window_start_ns,
+                    batch.samples,
+                    reason,
                 )
                 return False
             self._queue.append(batch)
@@ -191,7 +194,10 @@ class Sender:
             self._metrics.windows.labels(self.name, "dropped_shutdown").inc(len(left))
             self._logger.error(
                 "otlp '%s': shut down with %d window(s) (%d samples) not delivered to %s",
-                self.name, len(left), samples, self._settings.target,
+                self.name,
+                len(left),
+                samples,
+                self._settings.target,
             )
         if self._channel is not None:
             self._channel.close()
@@ -212,7 +218,9 @@ class Sender:
         except BaseException as error:  # a bug here must not pass silently: the queue would only grow
             self._logger.error(
                 "otlp '%s': the sender thread died: %s: %s; it starts again with the next window",
-                self.name, type(error).__name__, error,
+                self.name,
+                type(error).__name__,
+                error,
             )
             self._logger.debug("otlp '%s': sender traceback", self.name, exc_info=True)
             with self._changed:
@@ -292,7 +300,11 @@ class Sender:
                 log = self._logger.warning if attempt == 0 else self._logger.debug
                 log(
                     "otlp '%s': export to %s failed with %s (%s); retrying in %.2fs%s",
-                    self.name, self._settings.target, code.name, error.details(), delay,  # type: ignore[attr-defined]
+                    self.name,
+                    self._settings.target,
+                    code.name,
+                    error.details(),
+                    delay,  # type: ignore[attr-defined]
                     " as the server asked" if server_delay is not None else "",
                 )
                 attempt += 1
@@ -322,7 +334,10 @@ class Sender:
             return asked
         self._logger.warning(
             "otlp '%s': %s asked to retry in %.6gs; waiting max_retry_delay = %gs instead",
-            self.name, self._settings.target, asked, cap,
+            self.name,
+            self._settings.target,
+            asked,
+            cap,
         )
         with self._changed:
             self._count("retry_delays_capped")
@@ -334,7 +349,11 @@ class Sender:
         self._metrics.requests.labels(self.name, "refused").inc()
         self._logger.error(
             "otlp '%s': %s refused a request (%d samples) with %s: %s; dropped, not retried",
-            self.name, self._settings.target, request.samples, code, details,
+            self.name,
+            self._settings.target,
+            request.samples,
+            code,
+            details,
         )
         return Outcome.REFUSED
 
@@ -351,7 +370,11 @@ class Sender:
             self._metrics.rejected_profiles.labels(self.name).inc(rejected)
             self._logger.error(
                 "otlp '%s': %s rejected %d of %d profile(s): %s",
-                self.name, self._settings.target, rejected, request.processes, message or "no reason given",
+                self.name,
+                self._settings.target,
+                rejected,
+                request.processes,
+                message or "no reason given",
             )
         elif message:
             self._logger.warning("otlp '%s': %s accepted with a warning: %s", self.name, self._settings.target, message)

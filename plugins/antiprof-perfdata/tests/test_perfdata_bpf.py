@@ -264,8 +264,11 @@ def test_sigkill_of_the_agent_leaves_a_file_perf_reads(tmp_path, two_function_bi
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path, window="300ms")
         with RunningAgent(config, tmp_path) as agent:  # returns once attached, however long BCC takes
-            wait_until(lambda: run.json_path.exists() and len(run.json_path.read_text().splitlines()) >= 3,
-                       timeout=60, what="3 windows")
+            wait_until(
+                lambda: run.json_path.exists() and len(run.json_path.read_text().splitlines()) >= 3,
+                timeout=60,
+                what="3 windows",
+            )
             agent.signal(signal.SIGKILL)
     finally:
         workload.kill()
