@@ -15,7 +15,7 @@ import enum
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from attrs import frozen
@@ -112,7 +112,7 @@ class Sender:
         self._closing = threading.Event()
         self._wake = threading.Event()  # cuts a backoff wait short: set by flush and close
         self._deadline: float | None = None  # monotonic; set while flushing
-        self._inflight: grpc.Future | None = None
+        self._inflight: grpc.Future[Any] | None = None
         self._stats = {field.name: 0 for field in DeliveryStats.__attrs_attrs__}
         self._channel: grpc.Channel | None = None
         self._thread = threading.Thread(target=self._run, name=f"otlp-sender-{name}", daemon=True)
@@ -288,13 +288,14 @@ class Sender:
                 response: Any = future.result()
             except grpc.FutureCancelledError:  # close() cancelled it
                 return Outcome.ABANDONED
-            except grpc.RpcError as error:
-                code = error.code()  # type: ignore[attr-defined]
+            except grpc.RpcError as rpc_error:
+                call = cast(grpc.Call, rpc_error)  # what a failed call raises is also its Call
+                code = call.code()
                 if self._closing.is_set():
                     return Outcome.ABANDONED
                 if code not in RETRYABLE:
-                    return self._refused(request, code.name, error.details())  # type: ignore[attr-defined]
-                server_delay = server_retry_delay(error.trailing_metadata())  # type: ignore[attr-defined]
+                    return self._refused(request, code.name, call.details())
+                server_delay = server_retry_delay(call.trailing_metadata())
                 delay = self._capped(server_delay) if server_delay is not None else self._backoff.delay(attempt)
                 delay = min(delay, self._settings.max_retry_delay)
                 log = self._logger.warning if attempt == 0 else self._logger.debug
@@ -303,8 +304,8 @@ class Sender:
                     self.name,
                     self._settings.target,
                     code.name,
-                    error.details(),
-                    delay,  # type: ignore[attr-defined]
+                    call.details(),
+                    delay,
                     " as the server asked" if server_delay is not None else "",
                 )
                 attempt += 1
