@@ -31,6 +31,7 @@ from antiprof_core.testing.python_workloads import (
     LIGHT_STRINGS_LINES,
     MAIN_CALL_LINE,
     MODULE_CALL_LINE,
+    Interpreter,
     cpython_interpreters,
     running_two_threads,
 )
@@ -45,7 +46,7 @@ def _named(namer: CodeNamer, frames: tuple) -> list[tuple[str, str, int | None]]
 
 
 @pytest.mark.parametrize("interpreter", SUPPORTED, ids=lambda i: i.label)
-def test_each_thread_reads_as_the_python_it_runs(interpreter, tmp_path: Path) -> None:
+def test_each_thread_reads_as_the_python_it_runs(interpreter: Interpreter, tmp_path: Path) -> None:
     with running_two_threads(interpreter.path, tmp_path) as program:
         path = str(program.path)
         for _ in range(ATTEMPTS):  # until both threads are caught inside their loops
@@ -105,7 +106,7 @@ def test_each_thread_reads_as_the_python_it_runs(interpreter, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("interpreter", SUPPORTED[:1], ids=lambda i: i.label)
-def test_max_python_depth_bounds_the_walk(interpreter, tmp_path: Path) -> None:
+def test_max_python_depth_bounds_the_walk(interpreter: Interpreter, tmp_path: Path) -> None:
     with running_two_threads(interpreter.path, tmp_path) as program:
         program.stop()
         found = detect(program.pid)
@@ -120,7 +121,7 @@ def test_max_python_depth_bounds_the_walk(interpreter, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("interpreter", OLDER, ids=lambda i: i.label)
-def test_older_cpython_is_unsupported_with_a_reason(interpreter) -> None:
+def test_older_cpython_is_unsupported_with_a_reason(interpreter: Interpreter) -> None:
     process = subprocess.Popen(
         [interpreter.path, "-c", "import sys, time; sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(120)"],
         stdout=subprocess.PIPE,

@@ -20,7 +20,7 @@ FAST_RETRY = {"retry_initial_backoff": "20ms", "retry_max_backoff": "100ms", "ti
 
 
 @pytest.fixture(autouse=True)
-def no_otel_environment(monkeypatch):
+def no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in ("OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT", "OTEL_EXPORTER_OTLP_INSECURE"):
         monkeypatch.delenv(name, raising=False)
 
@@ -44,14 +44,16 @@ def window_starts(receiver: ProfilesReceiver) -> list[int]:
     return [r.resource_profiles[0].scope_profiles[0].profiles[0].time_unix_nano for r in receiver.requests]
 
 
-def test_max_retry_delay_defaults_to_five_minutes_and_must_be_positive():
+def test_max_retry_delay_defaults_to_five_minutes_and_must_be_positive() -> None:
     assert float(OtlpConfig().max_retry_delay) == 300.0
     with pytest.raises(ConfigError) as error:
         make_consumer(antiprof_otlp, "otlp", {"max_retry_delay": "0s"})
     assert error.value.problems[0].startswith("consumers.otlp.max_retry_delay:")
 
 
-def test_retry_info_of_1e11_seconds_is_clamped_logged_and_every_window_arrives(caplog):
+def test_retry_info_of_1e11_seconds_is_clamped_logged_and_every_window_arrives(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     """Today's failure: OverflowError killed the sender, 0 of 10 windows delivered."""
     caplog.set_level(logging.WARNING)
     receiver = ProfilesReceiver([Reply(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=1e11)] * 2)
@@ -70,7 +72,7 @@ def test_retry_info_of_1e11_seconds_is_clamped_logged_and_every_window_arrives(c
     assert "died" not in caplog.text
 
 
-def test_an_hour_of_retry_info_waits_only_max_retry_delay():
+def test_an_hour_of_retry_info_waits_only_max_retry_delay() -> None:
     receiver = ProfilesReceiver([Reply(grpc.StatusCode.UNAVAILABLE, retry_delay=3600)])
     with serve(receiver) as port:
         exporter = consumer(port, max_retry_delay="1s")
@@ -85,7 +87,7 @@ def test_an_hour_of_retry_info_waits_only_max_retry_delay():
     assert 0.9 <= delivered_in < 5.0
 
 
-def test_retry_info_under_the_cap_is_honoured_as_is():
+def test_retry_info_under_the_cap_is_honoured_as_is() -> None:
     receiver = ProfilesReceiver([Reply(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.5)])
     with serve(receiver) as port:
         exporter = run_consumer(consumer(port, max_retry_delay="10s"), windows(1))
@@ -94,7 +96,7 @@ def test_retry_info_under_the_cap_is_honoured_as_is():
     assert exporter.stats().retry_delays_capped == 0
 
 
-def test_backoff_is_capped_too():
+def test_backoff_is_capped_too() -> None:
     """A retry_max_backoff longer than max_retry_delay never waits past the cap."""
     receiver = ProfilesReceiver([Reply(grpc.StatusCode.UNAVAILABLE)] * 3)
     with serve(receiver) as port:
@@ -122,7 +124,7 @@ class Deaths(logging.Handler):
             self.logged.set()
 
 
-def test_a_sender_thread_that_dies_is_logged_at_once_and_started_again_with_the_next_window():
+def test_a_sender_thread_that_dies_is_logged_at_once_and_started_again_with_the_next_window() -> None:
     receiver = ProfilesReceiver()
     deaths = Deaths()
     logger = logging.getLogger("antiprof")
