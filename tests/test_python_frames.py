@@ -26,6 +26,7 @@ from antiprof_core.symbolize.python import (
     Unsupported,
     detect,
 )
+from antiprof_core.symbolize.python.walker import RawPythonFrame
 from antiprof_core.testing.python_workloads import (
     HEAVY_MATH_LINES,
     LIGHT_STRINGS_LINES,
@@ -41,7 +42,7 @@ OLDER = [i for i in cpython_interpreters() if i.version < (3, 11)]
 ATTEMPTS = 50
 
 
-def _named(namer: CodeNamer, frames: tuple) -> list[tuple[str, str, int | None]]:
+def _named(namer: CodeNamer, frames: tuple[RawPythonFrame, ...]) -> list[tuple[str, str, int | None]]:
     return [(name.qualname, name.filename, name.line) for name in map(namer.name, frames)]
 
 

@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from antiprof_core.sources.unwind import CfaKind, build_table
-from antiprof_core.sources.unwind.build import UnwindTable
+from antiprof_core.sources.unwind import CfaKind, UnwindTable, build_table
 from antiprof_core.sources.unwind.walker import ProcessMemory, Registers, Resolver, process_resolver, step, walk
 from antiprof_core.symbolize.procfs import read_maps
 

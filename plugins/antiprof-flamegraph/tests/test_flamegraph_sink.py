@@ -42,7 +42,8 @@ def test_each_window_gets_an_html_folded_and_svg_file_and_the_rolling_ones(tmp_p
     out = tmp_path / "fg"
     windows = [known_window(HOT, start_ns=1_764_000_000_000_000_000 + i * TEN_S) for i in range(2)]
 
-    consumer = run_consumer(sink(out, formats=["html", "folded", "svg"]), windows)
+    consumer = sink(out, formats=["html", "folded", "svg"])
+    run_consumer(consumer, windows)
 
     names = sorted(p.name for p in out.iterdir())
     assert names == [

@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import antiprof_otlp
 import attrs
@@ -20,6 +21,7 @@ from antiprof_otlp.transform import TransformOptions, encode_window
 from prometheus_client import CollectorRegistry
 
 from antiprof_core.config import PluginCatalog, build_config, structure_section
+from antiprof_core.model import ProfileWindow
 from antiprof_core.plugins import consumer_types
 from antiprof_core.testing import make_consumer, plugin_manager, run_consumer, synthetic_context, synthetic_window
 
@@ -39,7 +41,7 @@ def no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def consumer(port: int, **options) -> OtlpConsumer:  # type: ignore[no-untyped-def]
+def consumer(port: int, **options: Any) -> OtlpConsumer:
     made = make_consumer(
         antiprof_otlp, "otlp", {"endpoint": f"127.0.0.1:{port}", "insecure": True, **FAST_RETRY, **options}
     )
@@ -47,7 +49,13 @@ def consumer(port: int, **options) -> OtlpConsumer:  # type: ignore[no-untyped-d
     return made
 
 
-def windows(count: int, **shape):  # type: ignore[no-untyped-def]
+def run_otlp(exporter: OtlpConsumer, windows: list[ProfileWindow]) -> OtlpConsumer:
+    """run_consumer, keeping the OTLP consumer's type for its stats()."""
+    run_consumer(exporter, windows)
+    return exporter
+
+
+def windows(count: int, **shape: Any) -> list[ProfileWindow]:
     shape = {"processes": 3, "stacks": 60, "depth": 8, **shape}
     return [synthetic_window(seed=i, start_ns=(1_700_000_000 + 10 * i) * 10**9, **shape) for i in range(count)]
 
@@ -56,7 +64,8 @@ def free_port() -> int:
     """A port nothing listens on (for 'endpoint down'); gRPC servers reuse addresses, so it can be bound later."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def window_starts(receiver: ProfilesReceiver) -> list[int]:
@@ -67,7 +76,7 @@ def test_delivered_request_decodes_to_the_window() -> None:
     receiver = ProfilesReceiver()
     sent = windows(2, processes=5, stacks=200, depth=16)
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port), sent)
+        exporter = run_otlp(consumer(port), sent)
     assert len(receiver.requests) == 2
     for request, window in zip(receiver.requests, sent, strict=True):
         assert index_problems(request) == []
@@ -265,7 +274,7 @@ def test_endpoint_going_away_for_a_while_loses_nothing() -> None:
 def test_unavailable_twice_then_ok_is_delivered_once() -> None:
     receiver = ProfilesReceiver([Reply(grpc.StatusCode.UNAVAILABLE), Reply(grpc.StatusCode.UNAVAILABLE)])
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port), windows(1))
+        exporter = run_otlp(consumer(port), windows(1))
     assert [c.code for c in receiver.calls] == [grpc.StatusCode.UNAVAILABLE] * 2 + [grpc.StatusCode.OK]
     assert len(receiver.requests) == 1
     stats = exporter.stats()
@@ -279,7 +288,7 @@ def test_unavailable_twice_then_ok_is_delivered_once() -> None:
 def test_other_retryable_codes_are_retried(code: grpc.StatusCode) -> None:
     receiver = ProfilesReceiver([Reply(code)])
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port), windows(1))
+        exporter = run_otlp(consumer(port), windows(1))
     assert len(receiver.requests) == 1 and exporter.stats().retries == 1
 
 
@@ -310,7 +319,7 @@ def test_invalid_argument_is_dropped_counted_and_not_retried(caplog: pytest.LogC
 def test_partial_success_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     receiver = ProfilesReceiver([Reply(rejected_profiles=2, message="profiles too old")])
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port), windows(1))
+        exporter = run_otlp(consumer(port), windows(1))
     assert exporter.stats().rejected_profiles == 2
     assert "rejected 2 of 3 profile(s): profiles too old" in caplog.text
 
@@ -376,7 +385,7 @@ def test_oversized_window_is_split_by_resource_and_arrives_in_order() -> None:
     receiver = ProfilesReceiver()
     window = synthetic_window(processes=30, stacks=600, depth=16, seed=5)
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port, max_request_bytes="16KiB"), [window])
+        exporter = run_otlp(consumer(port, max_request_bytes="16KiB"), [window])
     assert len(receiver.requests) > 1
     assert all(call.size <= 16 * 1024 for call in receiver.calls)
     pids = [

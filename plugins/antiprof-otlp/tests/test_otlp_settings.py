@@ -6,12 +6,12 @@ from typing import Any
 
 import pytest
 from antiprof_otlp.config import OtlpConfig
-from antiprof_otlp.settings import SettingsError, resolve_settings
+from antiprof_otlp.settings import ExportSettings, SettingsError, resolve_settings
 
 from antiprof_core.config import ConfigError, structure_section
 
 
-def settings(options=None, environ=None):  # type: ignore[no-untyped-def]
+def settings(options: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> ExportSettings:
     config = structure_section(options or {}, OtlpConfig, "consumers.otlp")
     return resolve_settings(config, environ or {})
 

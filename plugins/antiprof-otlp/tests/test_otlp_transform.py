@@ -8,7 +8,7 @@ from antiprof_otlp.reading import decoded_samples, index_problems
 from antiprof_otlp.transform import SCOPE_NAME, TransformOptions, encode_window, frame_count
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import ExportProfilesServiceRequest
 
-from antiprof_core.model import Frame, FrameKind, Mapping, Process, Sample, SamplingMode
+from antiprof_core.model import Frame, FrameKind, Mapping, Process, ProfileWindow, Sample, SamplingMode
 from antiprof_core.testing import synthetic_window
 
 
@@ -16,7 +16,7 @@ def decode(payload: bytes) -> ExportProfilesServiceRequest:
     return ExportProfilesServiceRequest.FromString(payload)
 
 
-def only_request(window, options=None) -> ExportProfilesServiceRequest:  # type: ignore[no-untyped-def]
+def only_request(window: ProfileWindow, options: TransformOptions | None = None) -> ExportProfilesServiceRequest:
     encoded = encode_window(window, options or TransformOptions())
     assert len(encoded) == 1
     return decode(encoded[0].payload)
@@ -217,6 +217,7 @@ def test_single_process_larger_than_the_limit_is_sent_whole() -> None:
 
 def test_process_without_mappings_but_kernel_frame_uses_host_kernel() -> None:
     window = synthetic_window(processes=1, stacks=1)
+    assert window.host.kernel is not None
     frame = Frame(window.host.kernel.start + 0x40, FrameKind.KERNEL, "do_syscall_64", 0x40)
     window = attrs.evolve(
         window,

@@ -15,6 +15,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import antiprof_perfdata
 import pytest
@@ -31,7 +32,7 @@ T0 = 1_795_600_000_000_000_000  # 2026-11-25T09:46:40Z
 SECOND = 1_000_000_000
 
 
-def sink(options: dict) -> PerfDataSink:
+def sink(options: dict[str, Any]) -> PerfDataSink:
     consumer = make_consumer(antiprof_perfdata, "perfdata", options)
     assert isinstance(consumer, PerfDataSink)
     return consumer

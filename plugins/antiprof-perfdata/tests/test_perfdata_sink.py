@@ -21,6 +21,7 @@ from antiprof_perfdata.perftool import parse_script, perf_path, run_perf
 from antiprof_perfdata.sink import PerfDataSink, PerfDataWriteError
 
 from antiprof_core.config import ConfigError
+from antiprof_core.model import ProfileWindow
 from antiprof_core.testing import make_consumer, run_consumer, synthetic_window
 from antiprof_core.testing import small_tmpfs as mount_small_tmpfs
 
@@ -29,13 +30,13 @@ SECOND = 1_000_000_000
 ANTIPROF = str(Path(sys.executable).parent / "antiprof")
 
 
-def sink(options: dict) -> PerfDataSink:
+def sink(options: dict[str, Any]) -> PerfDataSink:
     consumer = make_consumer(antiprof_perfdata, "perfdata", options)
     assert isinstance(consumer, PerfDataSink)
     return consumer
 
 
-def windows(count: int, every_s: float = 1.0, stacks: int = 20) -> list:
+def windows(count: int, every_s: float = 1.0, stacks: int = 20) -> list[ProfileWindow]:
     return [
         synthetic_window(
             processes=2, stacks=stacks, seed=i + 1, start_ns=T0 + int(i * every_s * SECOND), duration_ns=SECOND
@@ -55,7 +56,7 @@ def sample_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.startswith("\t")]
 
 
-def counted(window_list: list) -> int:
+def counted(window_list: list[ProfileWindow]) -> int:
     """Samples the windows hold: one SAMPLE record each in perf.data."""
     return sum(window.sample_count for window in window_list)
 

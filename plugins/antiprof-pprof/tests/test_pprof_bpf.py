@@ -64,7 +64,7 @@ def table_of(windows: list[ProfileWindow]) -> HottestFunctions:
     return table
 
 
-def assert_within_one_point(found: dict, expected: dict[str, tuple[float, float]]) -> None:
+def assert_within_one_point(found: dict[str, tuple[float, float]], expected: dict[str, tuple[float, float]]) -> None:
     for name in FUNCTIONS:
         own, total = expected[name]
         assert abs(found[name][0] - own) <= 1 and abs(found[name][1] - total) <= 1, (name, found[name], own, total)
@@ -148,6 +148,7 @@ def test_go_tool_pprof_profiles_a_running_agent_over_http(
     workload = subprocess.Popen([str(two_function_binary), str(WORKLOAD_SECONDS)])
     config = write_config(tmp_path, workload.pid, http_address="127.0.0.1:0")
     agent = subprocess.Popen(antiprof_command("run", "-c", str(config), "--duration", "80s"), stderr=subprocess.PIPE)
+    assert agent.stderr is not None
     log = AgentLog(agent.stderr)
     try:
         deadline = time.monotonic() + 60

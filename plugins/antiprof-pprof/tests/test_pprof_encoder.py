@@ -20,7 +20,9 @@ if TYPE_CHECKING:  # conftest is pytest's, only mypy imports it
 START = 1_700_000_000_000_000_000
 APP = Mapping(0x5555_0000_0000, 0x5555_0010_0000, 0x1000, "/opt/app/bin/server", "1f" * 20, 77)
 LIBC = Mapping(0x7F00_0000_0000, 0x7F00_0020_0000, 0x2000, "/usr/lib/x86_64-linux-gnu/libc.so.6", "c0" * 20, 78)
-KERNEL = synthetic_host().kernel
+_HOST_KERNEL = synthetic_host().kernel
+assert _HOST_KERNEL is not None
+KERNEL: Mapping = _HOST_KERNEL
 assert KERNEL is not None
 
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING
 import pytest
 
 import antiprof_pprof
-from antiprof_core.model import Host
 from antiprof_core.sources.synthetic import synthetic_window
 from antiprof_core.summary import HottestFunctions
 from antiprof_core.testing import make_consumer
@@ -174,7 +173,7 @@ def test_a_fifth_concurrent_request_is_503(live: tuple[PprofSink, Feeder]) -> No
 
 
 @pytest.mark.parametrize("host", ["[::1]", "localhost"])
-def test_ipv6_loopback_and_localhost_serve_too(host: Host) -> None:
+def test_ipv6_loopback_and_localhost_serve_too(host: str) -> None:
     consumer = make_consumer(antiprof_pprof, "pprof", {"output_dir": "", "http_address": f"{host}:0"})
     assert isinstance(consumer, PprofSink) and consumer.endpoint is not None
     consumer.start()

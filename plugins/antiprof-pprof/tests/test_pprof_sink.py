@@ -12,6 +12,7 @@ import pytest
 
 import antiprof_pprof
 from antiprof_core.config import ConfigError
+from antiprof_core.model import ProfileWindow
 from antiprof_core.sources.synthetic import synthetic_window
 from antiprof_core.testing import make_consumer, run_consumer, small_tmpfs
 from antiprof_pprof import PprofSink, PprofWriteError, profile_pb2
@@ -20,14 +21,14 @@ START = 1_700_000_000_000_000_000
 SECOND = 1_000_000_000
 
 
-def windows(count: int, stacks: int = 50, step: int = 10 * SECOND) -> list:
+def windows(count: int, stacks: int = 50, step: int = 10 * SECOND) -> list[ProfileWindow]:
     return [
         synthetic_window(stacks=stacks, seed=index + 1, start_ns=START + index * step, duration_ns=step)
         for index in range(count)
     ]
 
 
-def sink(options: dict) -> PprofSink:
+def sink(options: dict[str, Any]) -> PprofSink:
     consumer = make_consumer(antiprof_pprof, "pprof", options)
     assert isinstance(consumer, PprofSink)
     return consumer
