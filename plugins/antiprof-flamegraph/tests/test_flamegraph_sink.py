@@ -174,7 +174,11 @@ def test_big_windows_are_cut_to_max_nodes_keeping_the_widest(tmp_path: Path) -> 
     page = (tmp_path / "flamegraph.html").read_text()
     import json
 
-    payload = json.loads(re.search(r'id="flamegraph-data">(.*?)</script>', page, re.S).group(1))  # type: ignore[union-attr]
+    match = re.search(r'id="flamegraph-data">(.*?)</script>', page, re.S)
+
+    assert match is not None, "no flamegraph-data script in the page"
+
+    payload = json.loads(match.group(1))
     assert 50 < len(payload["nodes"]) // 3 <= 500
     assert payload["nodes"][1] == window.sample_count  # the root keeps every sample
 

@@ -134,7 +134,9 @@ class Deaths(logging.Handler):
             self.logged.set()
 
 
-def test_a_sender_thread_that_dies_is_logged_at_once_and_started_again_with_the_next_window() -> None:
+def test_a_sender_thread_that_dies_is_logged_at_once_and_started_again_with_the_next_window(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     receiver = ProfilesReceiver()
     deaths = Deaths()
     logger = logging.getLogger("antiprof")
@@ -154,7 +156,7 @@ def test_a_sender_thread_that_dies_is_logged_at_once_and_started_again_with_the_
                     raise SystemExit("sender bug")  # any BaseException: the thread must not vanish silently
                 return real_deliver(request)
 
-            sender._deliver = dies_once  # type: ignore[method-assign]
+            monkeypatch.setattr(sender, "_deliver", dies_once)
             exporter.start()
             exporter.consume(sent[0])
             assert deaths.logged.wait(5), "the death was not logged"

@@ -167,7 +167,9 @@ def test_go_tool_pprof_profiles_a_running_agent_over_http(
         workload.wait()
 
     assert done.returncode == 0, done.stderr
-    saved = Path(re.search(r"Saved profile in (\S+)", done.stderr).group(1))  # type: ignore[union-attr]
+    match = re.search(r"Saved profile in (\S+)", done.stderr)
+    assert match is not None, done.stderr
+    saved = Path(match.group(1))
     [profile] = readers.decode(saved)
     start, end = int(profile["timeNanos"]), int(profile["timeNanos"]) + int(profile["durationNanos"])
     covered = [w for w in read_windows(tmp_path) if start <= w.start_ns and w.end_ns <= end]
