@@ -175,9 +175,7 @@ def test_big_windows_are_cut_to_max_nodes_keeping_the_widest(tmp_path: Path) -> 
     import json
 
     match = re.search(r'id="flamegraph-data">(.*?)</script>', page, re.S)
-
     assert match is not None, "no flamegraph-data script in the page"
-
     payload = json.loads(match.group(1))
     assert 50 < len(payload["nodes"]) // 3 <= 500
     assert payload["nodes"][1] == window.sample_count  # the root keeps every sample
