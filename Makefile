@@ -27,7 +27,10 @@ run: setup
 
 lint: setup
 	$(BIN)/ruff check .
-	$(BIN)/mypy antiprof_core $(foreach p,$(PLUGINS),$(filter-out %.egg-info,$(wildcard $(p)/antiprof_*)))
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy antiprof_core $(foreach p,$(PLUGINS) examples/antiprof-example-top,$(filter-out %.egg-info,$(wildcard $(p)/antiprof_*)))
+	@# one run per test folder: each has its own conftest module
+	for d in tests $(addsuffix /tests,$(PLUGINS)); do $(BIN)/mypy $$d || exit 1; done
 
 pytest: setup
 	$(BIN)/pytest

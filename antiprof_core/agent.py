@@ -283,9 +283,7 @@ class Agent:
             self._set_ready(False)
             self.logger.info("reload: [sampler] changed; restarting the sampler")
         kept_agent = {name: getattr(old.agent, name) for name in _RESTART_ONLY}
-        self.config = attrs.evolve(
-            new, agent=attrs.evolve(new.agent, **kept_agent), consumers=tuple(kept)
-        )
+        self.config = attrs.evolve(new, agent=attrs.evolve(new.agent, **kept_agent), consumers=tuple(kept))
         if _sampler_changed(new, old):
             try:
                 restarted = self._start_source()

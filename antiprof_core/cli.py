@@ -44,7 +44,7 @@ DEFAULT_RECORD_DIR = "./antiprof-data"
 stdout = Console(soft_wrap=True)
 
 
-class DurationParam(click.ParamType):
+class DurationParam(click.ParamType[Duration, Any]):
     name = "duration"
 
     def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> Duration:

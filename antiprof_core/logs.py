@@ -40,7 +40,6 @@ def quiet_grpc(environ: MutableMapping[str, str] = os.environ) -> None:
         environ.pop("GRPC_TRACE", None)
 
 
-
 class TextFormatter(logging.Formatter):
     """Messages with control characters escaped: they carry process names and paths to a terminal."""
 

@@ -26,9 +26,7 @@ class SamplerMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.windows = Counter("antiprof_windows", "Windows published to the sinks", registry=registry)
         self.samples_seen = Counter("antiprof_samples_seen", "Samples the BPF program saw", registry=registry)
-        self.samples_lost = Counter(
-            "antiprof_samples_lost", "Samples lost in the kernel", registry=registry
-        )
+        self.samples_lost = Counter("antiprof_samples_lost", "Samples lost in the kernel", registry=registry)
         self.stack_errors = Counter(
             "antiprof_stack_errors", "Stacks that could not be walked, by kind", ["kind"], registry=registry
         )

@@ -73,6 +73,7 @@ def pprof_steps(window: ProfileWindow, stack: contextlib.ExitStack, directory: P
     files = ProfileFiles(output, window.host.hostname, max_files=2, max_total_size=1 << 40)
     size = len(encode_profile([window]))
     print(f"pprof file for this window: {size:,} bytes ({size / window.sample_count:.1f} per sample)")
+
     def publish() -> None:
         files.write(window.start_ns, encode_profile([window]))
 

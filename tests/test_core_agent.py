@@ -9,14 +9,18 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from antiprof_core.codec import window_from_dict
 from antiprof_core.testing import antiprof_command
 
+if TYPE_CHECKING:  # conftest is pytest's, only mypy imports it
+    from conftest import RunCli
+
 REPO = Path(__file__).resolve().parents[1]
 
 
-def test_run_writes_one_json_line_per_window(run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_run_writes_one_json_line_per_window(run_cli: RunCli) -> None:
     result = run_cli("run", "-c", str(REPO / "examples/synthetic.toml"), "--duration", "3s")
     assert result.returncode == 0, result.stderr
     windows = [window_from_dict(json.loads(line)) for line in result.stdout.splitlines()]
@@ -54,7 +58,7 @@ def test_sigterm_mid_window_delivers_the_last_window_to_every_consumer(tmp_path:
     assert "SIGTERM received" in stderr
 
 
-def test_json_sink_writes_to_stdout_by_default(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_json_sink_writes_to_stdout_by_default(run_cli: RunCli, tmp_path: Path) -> None:
     # [consumers.json] with no keys: JSON lines on stdout.
     config = tmp_path / "s.toml"
     config.write_text('[sampler]\nsource = "synthetic"\nwindow = "1s"\n[consumers.json]\n')
@@ -63,21 +67,21 @@ def test_json_sink_writes_to_stdout_by_default(run_cli, tmp_path: Path) -> None:
     assert len(result.stdout.splitlines()) == 1
 
 
-def test_json_log_format(run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_json_log_format(run_cli: RunCli) -> None:
     result = run_cli("run", "-c", str(REPO / "examples/synthetic.toml"), "--duration", "1s", "--log-format", "json")
     entries = [json.loads(line) for line in result.stderr.splitlines()]
     assert {e["level"] for e in entries} == {"info"}
     assert any(e["message"].startswith("sampling at 19 Hz") for e in entries)
 
 
-def test_bad_duration_flag_is_a_usage_error(run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_bad_duration_flag_is_a_usage_error(run_cli: RunCli) -> None:
     result = run_cli("run", "--duration", "forever")
     assert result.returncode == 2
     assert "Invalid value for '--duration': invalid duration 'forever'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
-def test_a_consumer_that_cannot_start_is_retried_and_the_others_go_on(tmp_path: Path, run_cli) -> None:  # type: ignore[no-untyped-def]
+def test_a_consumer_that_cannot_start_is_retried_and_the_others_go_on(tmp_path: Path, run_cli: RunCli) -> None:
     (tmp_path / "a-file").write_text("")
     config = tmp_path / "a.toml"
     config.write_text(
@@ -95,7 +99,7 @@ def test_a_consumer_that_cannot_start_is_retried_and_the_others_go_on(tmp_path: 
     assert "Traceback" not in result.stderr
 
 
-def test_record_prints_the_hottest_functions(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_record_prints_the_hottest_functions(run_cli: RunCli, tmp_path: Path) -> None:
     result = run_cli("record", "--source", "synthetic", "-d", "2s", "-F", "99", "-o", str(tmp_path / "out"))
     assert result.returncode == 0, result.stderr
     assert "Hottest functions" in result.stdout
@@ -137,7 +141,7 @@ def test_metrics_are_served_for_prometheus(tmp_path: Path) -> None:
     assert float(values["antiprof_windows_total"]) >= 1
 
 
-def test_metrics_address_in_use_is_one_line_and_exit_1(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_metrics_address_in_use_is_one_line_and_exit_1(run_cli: RunCli, tmp_path: Path) -> None:
     import socket
 
     with socket.socket() as taken:

@@ -5,9 +5,12 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
+
+if TYPE_CHECKING:  # conftest is pytest's, only mypy imports it
+    from conftest import RunCli
 
 BAD_CONFIGS = [
     pytest.param(
@@ -93,19 +96,19 @@ BAD_CONFIGS = [
 
 @pytest.mark.parametrize(("text", "expected"), BAD_CONFIGS)
 def test_bad_config_is_refused_with_one_named_line_each(
-    run_cli: Callable[..., object], write_config: Callable[[str], Path], text: str, expected: list[str]
+    run_cli: RunCli, write_config: Callable[[str], Path], text: str, expected: list[str]
 ) -> None:
     path = write_config(text)
     result = run_cli("config", "check", str(path))
-    assert result.returncode == 2  # type: ignore[attr-defined]
-    lines = result.stderr.splitlines()  # type: ignore[attr-defined]
+    assert result.returncode == 2
+    lines = result.stderr.splitlines()
     assert len(lines) == len(expected)
     for line, message in zip(lines, expected, strict=True):
         assert line.startswith(f"antiprof: {path}: {message}")
-    assert "Traceback" not in result.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in result.stderr
 
 
-def test_several_problems_are_all_reported(run_cli, write_config) -> None:  # type: ignore[no-untyped-def]
+def test_several_problems_are_all_reported(run_cli: RunCli, write_config: Callable[[str], Path]) -> None:
     path = write_config('[sampler]\nfrequency_hz = "fast"\nwindow = "soon"\nbogus = 1\n')
     result = run_cli("config", "check", str(path))
     assert result.returncode == 2
@@ -116,13 +119,13 @@ def test_several_problems_are_all_reported(run_cli, write_config) -> None:  # ty
     ]
 
 
-def test_missing_file(run_cli, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_missing_file(run_cli: RunCli, tmp_path: Path) -> None:
     result = run_cli("config", "check", str(tmp_path / "nope.toml"))
     assert result.returncode == 2
     assert result.stderr == f"antiprof: {tmp_path / 'nope.toml'}: no such file\n"
 
 
-def test_good_config_and_env_expansion(run_cli, write_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_good_config_and_env_expansion(run_cli: RunCli, write_config: Callable[[str], Path], tmp_path: Path) -> None:
     path = write_config('[sampler]\nwindow = "2s"\n[consumers.debug]\ntype = "json"\npath = "${OUT_DIR}/w.jsonl"\n')
     checked = run_cli("config", "check", str(path), env={"OUT_DIR": str(tmp_path)})
     assert checked.returncode == 0, checked.stderr
@@ -133,13 +136,13 @@ def test_good_config_and_env_expansion(run_cli, write_config, tmp_path: Path) ->
     assert "frequency_hz = 19" in shown.stdout  # defaults are filled in
 
 
-def test_config_path_from_environment(run_cli, write_config) -> None:  # type: ignore[no-untyped-def]
+def test_config_path_from_environment(run_cli: RunCli, write_config: Callable[[str], Path]) -> None:
     path = write_config("[sampler]\nfrequency_hz = 77\n")
     shown = run_cli("config", "show", env={"ANTIPROF_CONFIG": str(path)})
     assert "frequency_hz = 77" in shown.stdout
 
 
-def test_config_show_redacts_secrets(run_cli, write_config) -> None:  # type: ignore[no-untyped-def]
+def test_config_show_redacts_secrets(run_cli: RunCli, write_config: Callable[[str], Path]) -> None:
     path = write_config('[consumers.otlp]\nendpoint = "c:4317"\nheaders = { authorization = "Bearer ${TOKEN}" }\n')
     shown = run_cli("config", "show", str(path), env={"TOKEN": "s3cr3t"})
     assert shown.returncode == 0, shown.stderr

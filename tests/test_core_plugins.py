@@ -18,8 +18,9 @@ import pytest
 
 from antiprof_core import AgentInfo, ConsumerType, hookimpl
 from antiprof_core.agent import Agent
-from antiprof_core.config import PluginCatalog, build_config
+from antiprof_core.config import PluginCatalog, SamplerConfig, build_config
 from antiprof_core.plugins import consumer_types
+from antiprof_core.sources import SourceContext, WindowSource
 from antiprof_core.testing import load_test_plugins, plugin_manager
 
 REPO = Path(__file__).resolve().parents[1]
@@ -357,13 +358,18 @@ def test_a_plugin_command_is_added_to_a_click_group_in_process() -> None:
     assert loaded.plugins[0].commands == ("mine",)
 
 
+def never_built(config: SamplerConfig, options: object, context: SourceContext) -> WindowSource:
+    """The factory of a source type these tests register but never select."""
+    raise AssertionError("the source was built")
+
+
 def test_a_plugin_broken_in_one_hook_is_left_out_of_the_others() -> None:
     from antiprof_core import SourceType
 
     class HalfBroken:
         @hookimpl
         def antiprof_register_sources(self, register: Any) -> None:
-            register(SourceType("mine", lambda config, options, context: None))  # type: ignore[arg-type,return-value]
+            register(SourceType("mine", never_built))
 
         @hookimpl
         def antiprof_register_consumers(self, register: Any) -> None:
@@ -381,7 +387,7 @@ def test_a_plugin_cannot_replace_a_core_source() -> None:
     class Impostor:
         @hookimpl
         def antiprof_register_sources(self, register: Any) -> None:
-            register(SourceType("bpf", lambda config, options, context: None))  # type: ignore[arg-type,return-value]
+            register(SourceType("bpf", never_built))
 
     loaded = load_test_plugins(impostor=Impostor())
     assert loaded.plugins[0].error == "source 'bpf' is antiprof-core's own; not replaced"

@@ -24,13 +24,10 @@ START_NS = 1_764_000_000_000_000_000
 def _windows() -> list[ProfileWindow]:
     """Aggregate and trace windows, one with a sample whose stack is empty, as the sampler can give."""
     windows = [
-        synthetic_window(stacks=40, seed=seed, start_ns=START_NS + seed * 10**9, duration_ns=10**9)
-        for seed in range(3)
+        synthetic_window(stacks=40, seed=seed, start_ns=START_NS + seed * 10**9, duration_ns=10**9) for seed in range(3)
     ]
     windows.append(
-        synthetic_window(
-            stacks=10, seed=9, start_ns=START_NS + 3 * 10**9, duration_ns=10**9, mode=SamplingMode.TRACE
-        )
+        synthetic_window(stacks=10, seed=9, start_ns=START_NS + 3 * 10**9, duration_ns=10**9, mode=SamplingMode.TRACE)
     )
     first = windows[0]
     empty = Sample(pid=first.samples[0].pid, tid=1, cpu=0, thread_name="idle", stack=(), count=2)

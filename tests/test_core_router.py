@@ -212,7 +212,9 @@ class ExitsOnSecond(Recording):
         super().consume(window)
 
 
-def test_a_thread_killed_by_systemexit_is_logged_at_once_counted_and_restarted(deaths) -> None:
+def test_a_thread_killed_by_systemexit_is_logged_at_once_counted_and_restarted(
+    deaths: tuple[logging.Logger, Deaths],
+) -> None:
     logger, handler = deaths
     registry = CollectorRegistry()
     router = Router(logger, registry)
@@ -237,7 +239,9 @@ def test_a_thread_killed_by_systemexit_is_logged_at_once_counted_and_restarted(d
     assert registry.get_sample_value("antiprof_consumer_errors_total", {"consumer": "exiting"}) == 1
 
 
-def test_a_thread_that_dies_in_start_starts_the_sink_again_with_the_next_window(deaths) -> None:
+def test_a_thread_that_dies_in_start_starts_the_sink_again_with_the_next_window(
+    deaths: tuple[logging.Logger, Deaths],
+) -> None:
     class Interrupted(BaseException):
         pass
 
@@ -265,7 +269,7 @@ def test_a_thread_that_dies_in_start_starts_the_sink_again_with_the_next_window(
     assert (stats.delivered, stats.restarts, stats.finished) == (3, 1, True)
 
 
-def test_a_sink_that_exits_in_every_window_never_stops_the_others(deaths) -> None:
+def test_a_sink_that_exits_in_every_window_never_stops_the_others(deaths: tuple[logging.Logger, Deaths]) -> None:
     class AlwaysExits(Recording):
         def consume(self, window: ProfileWindow) -> None:
             raise SystemExit(3)
@@ -285,7 +289,7 @@ def test_a_sink_that_exits_in_every_window_never_stops_the_others(deaths) -> Non
     assert len(healthy.windows) == 6 and stats["healthy"].errors == 0
 
 
-def test_a_thread_that_dies_while_shutting_down_is_not_started_again(deaths) -> None:
+def test_a_thread_that_dies_while_shutting_down_is_not_started_again(deaths: tuple[logging.Logger, Deaths]) -> None:
     class ExitsInFlush(Recording):
         def flush(self, timeout: float) -> None:
             raise SystemExit("flush gave up")

@@ -48,8 +48,10 @@ def test_sizes_and_durations_print_without_recursing() -> None:
     assert str(Duration(1.5)) == "1500ms"
 
 
-@pytest.mark.parametrize(("text", "problem"), [("1" + "0" * 400 + "s", "longer than the maximum, 366d"),
-                                               ("367d", "longer than the maximum, 366d")])
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [("1" + "0" * 400 + "s", "longer than the maximum, 366d"), ("367d", "longer than the maximum, 366d")],
+)
 def test_absurd_durations_are_refused(text: str, problem: str) -> None:
     with pytest.raises(ValueError, match=problem):
         parse_duration(text)

@@ -52,7 +52,9 @@ def test_daemonset_mounts_probes_names_and_config_agree(tmp_path: Path) -> None:
     config_text = manifests["ConfigMap"]["data"]["antiprof.toml"]
     assert 'node_name = "${NODE_NAME}"' in config_text
     # The probes hit the metrics address the config serves on.
-    port = int(re.search(r'metrics_address = "0\.0\.0\.0:(\d+)"', config_text).group(1))  # type: ignore[union-attr]
+    match = re.search(r'metrics_address = "0\.0\.0\.0:(\d+)"', config_text)
+    assert match is not None, config_text
+    port = int(match.group(1))
     ports = {item["name"]: item["containerPort"] for item in container["ports"]}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "metrics"}
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "metrics"}
@@ -70,7 +72,9 @@ def test_daemonset_mounts_probes_names_and_config_agree(tmp_path: Path) -> None:
     assert "consumers: otlp (otlp)" in checked.stdout
     # The image's command line is the DaemonSet's.
     dockerfile = (DEPLOY / "Dockerfile").read_text()
-    cmd = json.loads(re.search(r"^CMD (.*)$", dockerfile, re.MULTILINE).group(1))  # type: ignore[union-attr]
+    match = re.search(r"^CMD (.*)$", dockerfile, re.MULTILINE)
+    assert match is not None, dockerfile
+    cmd = json.loads(match.group(1))
     assert cmd == container["args"]
 
 

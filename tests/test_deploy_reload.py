@@ -19,7 +19,7 @@ synthetic = {{ processes = 2, stacks = 10, depth = 4 }}
 
 [consumers.kept]
 type = "json"
-path = "{tmp_path / 'kept.jsonl'}"
+path = "{tmp_path / "kept.jsonl"}"
 
 [consumers.changed]
 type = "json"

@@ -26,11 +26,13 @@ from antiprof_core.symbolize.python import (
     Unsupported,
     detect,
 )
+from antiprof_core.symbolize.python.walker import RawPythonFrame
 from antiprof_core.testing.python_workloads import (
     HEAVY_MATH_LINES,
     LIGHT_STRINGS_LINES,
     MAIN_CALL_LINE,
     MODULE_CALL_LINE,
+    Interpreter,
     cpython_interpreters,
     running_two_threads,
 )
@@ -40,12 +42,12 @@ OLDER = [i for i in cpython_interpreters() if i.version < (3, 11)]
 ATTEMPTS = 50
 
 
-def _named(namer: CodeNamer, frames: tuple) -> list[tuple[str, str, int | None]]:
+def _named(namer: CodeNamer, frames: tuple[RawPythonFrame, ...]) -> list[tuple[str, str, int | None]]:
     return [(name.qualname, name.filename, name.line) for name in map(namer.name, frames)]
 
 
 @pytest.mark.parametrize("interpreter", SUPPORTED, ids=lambda i: i.label)
-def test_each_thread_reads_as_the_python_it_runs(interpreter, tmp_path: Path) -> None:
+def test_each_thread_reads_as_the_python_it_runs(interpreter: Interpreter, tmp_path: Path) -> None:
     with running_two_threads(interpreter.path, tmp_path) as program:
         path = str(program.path)
         for _ in range(ATTEMPTS):  # until both threads are caught inside their loops
@@ -105,7 +107,7 @@ def test_each_thread_reads_as_the_python_it_runs(interpreter, tmp_path: Path) ->
 
 
 @pytest.mark.parametrize("interpreter", SUPPORTED[:1], ids=lambda i: i.label)
-def test_max_python_depth_bounds_the_walk(interpreter, tmp_path: Path) -> None:
+def test_max_python_depth_bounds_the_walk(interpreter: Interpreter, tmp_path: Path) -> None:
     with running_two_threads(interpreter.path, tmp_path) as program:
         program.stop()
         found = detect(program.pid)
@@ -120,7 +122,7 @@ def test_max_python_depth_bounds_the_walk(interpreter, tmp_path: Path) -> None:
 
 
 @pytest.mark.parametrize("interpreter", OLDER, ids=lambda i: i.label)
-def test_older_cpython_is_unsupported_with_a_reason(interpreter) -> None:
+def test_older_cpython_is_unsupported_with_a_reason(interpreter: Interpreter) -> None:
     process = subprocess.Popen(
         [interpreter.path, "-c", "import sys, time; sys.stdout.write('ready\\n'); sys.stdout.flush(); time.sleep(120)"],
         stdout=subprocess.PIPE,

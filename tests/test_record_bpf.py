@@ -94,7 +94,9 @@ def test_record_says_what_it_does_while_it_samples(tmp_path: Path) -> None:
     assert "antiprof: sampling for 5s" in lines
     progress = [(int(e), int(left), int(n.replace(",", ""))) for e, left, n in PLAIN_PROGRESS.findall(result.stderr)]
     assert progress, result.stderr
-    total = int(re.search(r"Hottest functions \((\d+) samples\)", result.stdout).group(1))  # type: ignore[union-attr]
+    match = re.search(r"Hottest functions \((\d+) samples\)", result.stdout)
+    assert match is not None, result.stdout
+    total = int(match.group(1))
     for elapsed, left, samples in progress:
         assert elapsed + left == 5 and 1 <= elapsed <= 5
         assert samples <= total

@@ -37,7 +37,7 @@ def test_a_drained_set_becomes_named_samples_kernel_frames_first() -> None:
     pid = os.getpid()
     comm = Path("/proc/self/comm").read_text().strip().encode()
     syscall_entry = kernel_address("do_syscall_64")
-    stacks = {USER_HASH: (getpid + 2, qsort + 1)}  # a return address is named one byte back
+    stacks: dict[int, tuple[int, ...]] = {USER_HASH: (getpid + 2, qsort + 1)}  # a return address is named one byte back
     if syscall_entry:
         stacks[KERNEL_HASH] = (syscall_entry + 8,)
     raw = [

@@ -127,8 +127,19 @@ def jit_in_a_container() -> Iterator[tuple[int, int, int]]:
         ' echo "$page 100 jit_in_container" > /tmp/perf-$pid.map; echo "$page $pid"; wait; }'
     )
     outer = subprocess.Popen(
-        ["unshare", "--pid", "--fork", "--mount-proc", "--mount", "--propagation", "private", "sh", "-c",
-         script, str(program)],
+        [
+            "unshare",
+            "--pid",
+            "--fork",
+            "--mount-proc",
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            script,
+            str(program),
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -274,8 +285,12 @@ def test_untrusted_open_refuses_symlinks_fifos_and_strangers_files(tmp_path: Pat
     fd, info = open_untrusted(root, "/regular", owners, 10)
     os.close(fd)
     assert info.st_size == 1
-    for name, expected in [("/link", OSError), ("/dir_link/regular", OSError), ("/fifo", UnsafeFileError),
-                           ("/../../etc/passwd", OSError)]:
+    for name, expected in [
+        ("/link", OSError),
+        ("/dir_link/regular", OSError),
+        ("/fifo", UnsafeFileError),
+        ("/../../etc/passwd", OSError),
+    ]:
         with pytest.raises(expected):
             fd, _ = open_untrusted(root, name, owners, 10)
             os.close(fd)

@@ -72,7 +72,7 @@ def header_field_patch(seed: bytes, offset: int, width: int, value: int) -> byte
 def section_field(seed: bytes, section_type: int, field_offset: int, value: int) -> bytes:
     """A 64-bit file with one field of every section of ``section_type`` set to ``value``."""
     data = bytearray(seed)
-    shoff, = struct.unpack_from("<Q", data, 0x28)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
     for index in range(shnum):
         header = shoff + index * shentsize

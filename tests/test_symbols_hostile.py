@@ -57,7 +57,7 @@ def ensure_user() -> pwd.struct_passwd:
 def claim_huge_symtab(binary: Path) -> None:
     """Rewrite the section header of .symtab to claim 2^63 bytes; the kernel still runs it."""
     data = bytearray(binary.read_bytes())
-    shoff, = struct.unpack_from("<Q", data, 0x28)
+    (shoff,) = struct.unpack_from("<Q", data, 0x28)
     shentsize, shnum = struct.unpack_from("<HH", data, 0x3A)
     for index in range(shnum):
         header = shoff + index * shentsize
@@ -118,8 +118,17 @@ def hostile_run() -> Iterator[Run]:
             binary = huge if case == "huge_elf_section" else spin
             script = f'MAP=/tmp/perf-$$.map; {prepare or ":"}; exec "{binary}" 600'
             processes[case] = subprocess.Popen(
-                ["setpriv", f"--reuid={user.pw_uid}", f"--regid={user.pw_gid}", "--clear-groups",
-                 "sh", "-c", script, "sh", str(secret)],
+                [
+                    "setpriv",
+                    f"--reuid={user.pw_uid}",
+                    f"--regid={user.pw_gid}",
+                    "--clear-groups",
+                    "sh",
+                    "-c",
+                    script,
+                    "sh",
+                    str(secret),
+                ],
                 stdout=subprocess.PIPE,
                 text=True,
             )

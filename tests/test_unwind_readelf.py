@@ -108,7 +108,9 @@ def check_against_readelf(path: str, section: str, least: int) -> None:
         for loc, rule in rows:
             if loc >= end:  # readelf prints a row an advance to the FDE's very end opens: it covers nothing
                 continue
-            problem = expected_matches(rule, table.lookup(loc))  # type: ignore[arg-type]
+            row = table.lookup(loc)
+            assert row is not None, f"{path}: no row for {loc:#x}, readelf has {rule}"
+            problem = expected_matches(rule, row)
             if problem:
                 problems.append(f"FDE {begin:#x}..{end:#x} at {loc:#x}: {problem}")
             compared += 1

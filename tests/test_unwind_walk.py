@@ -15,8 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from antiprof_core.sources.unwind import CfaKind, build_table
-from antiprof_core.sources.unwind.build import UnwindTable
+from antiprof_core.sources.unwind import CfaKind, UnwindTable, build_table
 from antiprof_core.sources.unwind.walker import ProcessMemory, Registers, Resolver, process_resolver, step, walk
 from antiprof_core.symbolize.procfs import read_maps
 
@@ -188,7 +187,9 @@ def test_walk_with_debug_frame_from_a_debug_file(running: tuple[Path, list[subpr
     directory, processes = running
     binary = build(directory, "-g", "-fno-asynchronous-unwind-tables", "-fno-unwind-tables")
     build_id = subprocess.run(["readelf", "-n", str(binary)], capture_output=True, text=True, check=True).stdout
-    build_id = re.search(r"Build ID: ([0-9a-f]+)", build_id).group(1)  # type: ignore[union-attr]
+    match = re.search(r"Build ID: ([0-9a-f]+)", build_id)
+    assert match is not None, build_id
+    build_id = match.group(1)
     debug_root = directory / "debug"
     debug_file = debug_root / ".build-id" / build_id[:2] / f"{build_id[2:]}.debug"
     debug_file.parent.mkdir(parents=True)

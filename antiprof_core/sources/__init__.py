@@ -145,9 +145,7 @@ def _builtin_types() -> list[SourceType[Any]]:
     return [
         SourceType("bpf", _bpf, None, "eBPF sampling of every CPU (needs root, BCC and kernel headers)"),
         SourceType("synthetic", _synthetic, SyntheticConfig, "seeded made-up windows, for demos without BPF"),
-        SourceType(
-            "replay", _replay, ReplayConfig, "the windows of an antiprof-json file, in order", _check_replay
-        ),
+        SourceType("replay", _replay, ReplayConfig, "the windows of an antiprof-json file, in order", _check_replay),
     ]
 
 

@@ -19,9 +19,9 @@ def _load() -> Callable[[str], str] | None:
     try:
         import cxxfilt
 
-        return cxxfilt.Demangler(
-            cxxfilt.find_any_library("c"), cxxfilt.find_any_library("stdc++", "c++")
-        ).demangle
+        demangler = cxxfilt.Demangler(cxxfilt.find_any_library("c"), cxxfilt.find_any_library("stdc++", "c++"))
+        method: Callable[[str], str] = demangler.demangle
+        return method
     except Exception:  # no libstdc++ on this host: names stay mangled
         return None
 

@@ -249,9 +249,7 @@ def read_elf_stream(
         raise ElfFileError(f"{path}: {type(exc).__name__}: {text}"[:300]) from None
 
 
-def read_elf_fd(
-    fd: int, size: int, path: str, symbols: bool = True, open_debug: DebugOpener | None = None
-) -> ElfInfo:
+def read_elf_fd(fd: int, size: int, path: str, symbols: bool = True, open_debug: DebugOpener | None = None) -> ElfInfo:
     """Parse the ELF file open at ``fd`` (``size`` bytes), reading at most the parse budget."""
     reader: Any = BoundedReader(fd, size, PARSE_BUDGET_BYTES, path)
     return read_elf_stream(reader, path, symbols, open_debug)

@@ -18,7 +18,7 @@ import os
 import threading
 from collections import OrderedDict
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 from attrs import frozen
 
@@ -163,8 +163,8 @@ class FileCache:
                     fd, stat = view.open(candidate, DEBUG_FILE_MAX_BYTES)
             except OSError:
                 return None
-            reader: Any = BoundedReader(fd, stat.st_size, PARSE_BUDGET_BYTES, candidate, owns_fd=True)
-            return reader
+            # pyelftools reads through the file-object protocol BoundedReader implements
+            return cast(BinaryIO, BoundedReader(fd, stat.st_size, PARSE_BUDGET_BYTES, candidate, owns_fd=True))
 
         return open_debug
 

@@ -267,4 +267,3 @@ class Symbolizer:
             "processes": len(self.processes),
             "late_frames": self.late_frames,
         }
-

@@ -266,6 +266,8 @@ def build_jit_workload(directory: Path, name: str = "jit_spin") -> Path:
     """``prog SECONDS``: prints the address of its "JIT" page in hex, then calls the code there
     (about 1 ms) once a millisecond; samples land in anonymous memory that only a perf map names."""
     return compile_c(_JIT_SOURCE, Path(directory) / name)
+
+
 @contextlib.contextmanager
 def started(*command: str | Path) -> Iterator[subprocess.Popen[bytes]]:
     """Run a workload until the ``with`` block ends (then kill it): its life is the test's, not a guess."""

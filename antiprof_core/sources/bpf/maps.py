@@ -69,9 +69,7 @@ class HashMap:
         info = self.info
         while True:
             try:
-                count, done = syscalls.lookup_and_delete_batch(
-                    info.fd, token, first, self._keys, self._values, batch
-                )
+                count, done = syscalls.lookup_and_delete_batch(info.fd, token, first, self._keys, self._values, batch)
             except syscalls.BpfError as exc:
                 if exc.errno == errno.ENOSPC and batch < info.max_entries:  # one bucket holds more than a batch
                     batch = min(2 * batch, info.max_entries)
@@ -155,4 +153,3 @@ class RingBuffer:
         self._data.release()
         self._producer.close()
         self._consumer.close()
-

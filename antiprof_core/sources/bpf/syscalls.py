@@ -152,7 +152,12 @@ def delete(fd: int, key: ct._CData) -> bool:
 
 
 def lookup_and_delete_batch(
-    fd: int, token: ct.c_uint64, first: bool, keys: ct.Array, values: ct.Array, count: int  # type: ignore[type-arg]
+    fd: int,
+    token: ct.c_uint64,
+    first: bool,
+    keys: ct.Array[ct.c_char],
+    values: ct.Array[ct.c_char],
+    count: int,
 ) -> tuple[int, bool]:
     """One BPF_MAP_LOOKUP_AND_DELETE_BATCH: (entries moved into keys/values, whether the map is done).
 

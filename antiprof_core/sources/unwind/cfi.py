@@ -467,9 +467,7 @@ def parse_frames(
         raise FrameSectionError(f"malformed entry ({error})") from None
 
 
-def _parse_frames(
-    data: bytes, section_address: int, is_eh: bool, max_rows: int
-) -> tuple[list[Fde], dict[str, int]]:
+def _parse_frames(data: bytes, section_address: int, is_eh: bool, max_rows: int) -> tuple[list[Fde], dict[str, int]]:
     total_rows = 0
     fdes: list[Fde] = []
     counts = {"fdes": 0, "bad_fdes": 0, "skipped_fdes": 0}

@@ -42,7 +42,8 @@ def test_each_window_gets_an_html_folded_and_svg_file_and_the_rolling_ones(tmp_p
     out = tmp_path / "fg"
     windows = [known_window(HOT, start_ns=1_764_000_000_000_000_000 + i * TEN_S) for i in range(2)]
 
-    consumer = run_consumer(sink(out, formats=["html", "folded", "svg"]), windows)
+    consumer = sink(out, formats=["html", "folded", "svg"])
+    run_consumer(consumer, windows)
 
     names = sorted(p.name for p in out.iterdir())
     assert names == [
@@ -173,7 +174,9 @@ def test_big_windows_are_cut_to_max_nodes_keeping_the_widest(tmp_path: Path) -> 
     page = (tmp_path / "flamegraph.html").read_text()
     import json
 
-    payload = json.loads(re.search(r'id="flamegraph-data">(.*?)</script>', page, re.S).group(1))  # type: ignore[union-attr]
+    match = re.search(r'id="flamegraph-data">(.*?)</script>', page, re.S)
+    assert match is not None, "no flamegraph-data script in the page"
+    payload = json.loads(match.group(1))
     assert 50 < len(payload["nodes"]) // 3 <= 500
     assert payload["nodes"][1] == window.sample_count  # the root keeps every sample
 

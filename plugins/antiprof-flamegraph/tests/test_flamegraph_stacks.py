@@ -36,7 +36,8 @@ def test_a_frame_on_two_paths_is_two_boxes_and_recursion_stacks() -> None:
 
 def box_paths(tree: FlatTree) -> list[tuple[tuple[int, ...], int]]:
     """(labels from the root, width) per box; fails if a box has no parent just before it in preorder."""
-    found, current = [], []
+    found: list[tuple[tuple[int, ...], int]] = []
+    current: list[int] = []
     for label, value, depth in zip(tree.labels, tree.values, tree.depths, strict=True):
         assert depth <= len(current), "a box without its parent"
         current[depth:] = [label]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import grpc
 from opentelemetry.proto.collector.profiles.v1development import profiles_service_pb2
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import ExportProfilesServiceResponse
@@ -34,7 +36,7 @@ def open_channel(settings: ExportSettings, retry_backoff: tuple[float, float]) -
     return grpc.secure_channel(settings.target, credentials, options=options, compression=compression)
 
 
-def export_method(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable:
+def export_method(channel: grpc.Channel) -> grpc.UnaryUnaryMultiCallable[bytes, Any]:
     """``ProfilesService/Export`` taking an already serialized request, so the bytes counted in
     the queue are the bytes sent and each window is encoded once. The method path comes from the
     official service descriptor."""

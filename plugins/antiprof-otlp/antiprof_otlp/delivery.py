@@ -15,7 +15,7 @@ import enum
 import logging
 import threading
 import time
-from typing import Any
+from typing import Any, cast
 
 import grpc
 from attrs import frozen
@@ -112,7 +112,7 @@ class Sender:
         self._closing = threading.Event()
         self._wake = threading.Event()  # cuts a backoff wait short: set by flush and close
         self._deadline: float | None = None  # monotonic; set while flushing
-        self._inflight: grpc.Future | None = None
+        self._inflight: grpc.Future[Any] | None = None
         self._stats = {field.name: 0 for field in DeliveryStats.__attrs_attrs__}
         self._channel: grpc.Channel | None = None
         self._thread = threading.Thread(target=self._run, name=f"otlp-sender-{name}", daemon=True)
@@ -140,7 +140,10 @@ class Sender:
                 )
                 self._logger.warning(
                     "otlp '%s': dropped the window starting at %d (%d samples): %s",
-                    self.name, batch.window_start_ns, batch.samples, reason,
+                    self.name,
+                    batch.window_start_ns,
+                    batch.samples,
+                    reason,
                 )
                 return False
             self._queue.append(batch)
@@ -191,7 +194,10 @@ class Sender:
             self._metrics.windows.labels(self.name, "dropped_shutdown").inc(len(left))
             self._logger.error(
                 "otlp '%s': shut down with %d window(s) (%d samples) not delivered to %s",
-                self.name, len(left), samples, self._settings.target,
+                self.name,
+                len(left),
+                samples,
+                self._settings.target,
             )
         if self._channel is not None:
             self._channel.close()
@@ -212,7 +218,9 @@ class Sender:
         except BaseException as error:  # a bug here must not pass silently: the queue would only grow
             self._logger.error(
                 "otlp '%s': the sender thread died: %s: %s; it starts again with the next window",
-                self.name, type(error).__name__, error,
+                self.name,
+                type(error).__name__,
+                error,
             )
             self._logger.debug("otlp '%s': sender traceback", self.name, exc_info=True)
             with self._changed:
@@ -280,19 +288,24 @@ class Sender:
                 response: Any = future.result()
             except grpc.FutureCancelledError:  # close() cancelled it
                 return Outcome.ABANDONED
-            except grpc.RpcError as error:
-                code = error.code()  # type: ignore[attr-defined]
+            except grpc.RpcError as rpc_error:
+                call = cast(grpc.Call, rpc_error)  # what a failed call raises is also its Call
+                code = call.code()
                 if self._closing.is_set():
                     return Outcome.ABANDONED
                 if code not in RETRYABLE:
-                    return self._refused(request, code.name, error.details())  # type: ignore[attr-defined]
-                server_delay = server_retry_delay(error.trailing_metadata())  # type: ignore[attr-defined]
+                    return self._refused(request, code.name, call.details())
+                server_delay = server_retry_delay(call.trailing_metadata())
                 delay = self._capped(server_delay) if server_delay is not None else self._backoff.delay(attempt)
                 delay = min(delay, self._settings.max_retry_delay)
                 log = self._logger.warning if attempt == 0 else self._logger.debug
                 log(
                     "otlp '%s': export to %s failed with %s (%s); retrying in %.2fs%s",
-                    self.name, self._settings.target, code.name, error.details(), delay,  # type: ignore[attr-defined]
+                    self.name,
+                    self._settings.target,
+                    code.name,
+                    call.details(),
+                    delay,
                     " as the server asked" if server_delay is not None else "",
                 )
                 attempt += 1
@@ -322,7 +335,10 @@ class Sender:
             return asked
         self._logger.warning(
             "otlp '%s': %s asked to retry in %.6gs; waiting max_retry_delay = %gs instead",
-            self.name, self._settings.target, asked, cap,
+            self.name,
+            self._settings.target,
+            asked,
+            cap,
         )
         with self._changed:
             self._count("retry_delays_capped")
@@ -334,7 +350,11 @@ class Sender:
         self._metrics.requests.labels(self.name, "refused").inc()
         self._logger.error(
             "otlp '%s': %s refused a request (%d samples) with %s: %s; dropped, not retried",
-            self.name, self._settings.target, request.samples, code, details,
+            self.name,
+            self._settings.target,
+            request.samples,
+            code,
+            details,
         )
         return Outcome.REFUSED
 
@@ -351,7 +371,11 @@ class Sender:
             self._metrics.rejected_profiles.labels(self.name).inc(rejected)
             self._logger.error(
                 "otlp '%s': %s rejected %d of %d profile(s): %s",
-                self.name, self._settings.target, rejected, request.processes, message or "no reason given",
+                self.name,
+                self._settings.target,
+                rejected,
+                request.processes,
+                message or "no reason given",
             )
         elif message:
             self._logger.warning("otlp '%s': %s accepted with a warning: %s", self.name, self._settings.target, message)

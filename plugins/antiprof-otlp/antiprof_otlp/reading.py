@@ -112,9 +112,7 @@ def decoded_samples(request: ExportProfilesServiceRequest) -> list[DecodedSample
     strings = table.string_table
 
     def attributes(indices: Iterable[int]) -> dict[str, Any]:
-        return {
-            strings[table.attribute_table[i].key_strindex]: _plain(table.attribute_table[i].value) for i in indices
-        }
+        return {strings[table.attribute_table[i].key_strindex]: _plain(table.attribute_table[i].value) for i in indices}
 
     def frame(index: int) -> DecodedFrame:
         location = table.location_table[index]

@@ -47,5 +47,6 @@ def server_retry_delay(trailing_metadata: Iterable[tuple[str, str | bytes]] | No
         for detail in status.details:
             info = error_details_pb2.RetryInfo()
             if detail.Is(info.DESCRIPTOR) and detail.Unpack(info):
-                return max(0.0, info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+                delay: float = max(0.0, info.retry_delay.seconds + info.retry_delay.nanos / 1e9)
+                return delay
     return None

@@ -107,7 +107,9 @@ def parse_endpoint(endpoint: str, source: str) -> tuple[str, bool | None]:
     if "://" in text:
         url = urllib.parse.urlsplit(text)
         if url.scheme not in ("http", "https"):
-            raise SettingsError(f"{source}: unsupported scheme {url.scheme!r} in {endpoint!r} (use http:// or https://)")
+            raise SettingsError(
+                f"{source}: unsupported scheme {url.scheme!r} in {endpoint!r} (use http:// or https://)"
+            )
         if url.path not in ("", "/"):
             raise SettingsError(f"{source}: a gRPC endpoint has no path, got {endpoint!r}")
         scheme_insecure = url.scheme == "http"

@@ -68,7 +68,7 @@ class ProfilesReceiver(profiles_service_pb2_grpc.ProfilesServiceServicer):
             time.sleep(reply.delay)
         if reply.code is not grpc.StatusCode.OK:
             if reply.retry_delay is not None:
-                context.set_trailing_metadata([(STATUS_DETAILS_KEY, retry_status(reply).SerializeToString())])
+                context.set_trailing_metadata(((STATUS_DETAILS_KEY, retry_status(reply).SerializeToString()),))
             context.abort(reply.code, reply.message or reply.code.name.lower())
         response = profiles_service_pb2.ExportProfilesServiceResponse()
         if reply.rejected_profiles or reply.message:

@@ -35,7 +35,7 @@ retry_max_backoff = "200ms"
 """
 
 
-def test_sigterm_flushes_the_queue(tmp_path: Path):
+def test_sigterm_flushes_the_queue(tmp_path: Path) -> None:
     receiver = ProfilesReceiver(default=Reply(delay=0.3))  # slower than the windows come: a backlog builds
     lines = tmp_path / "windows.jsonl"  # the json sink beside it tells which windows the agent made
     with serve(receiver) as port:
@@ -81,7 +81,7 @@ def received(receiver: ProfilesReceiver, pid: int) -> int:
 
 
 @pytest.mark.bpf
-def test_real_sampler_two_function_workload_arrives_with_true_shares(tmp_path: Path):
+def test_real_sampler_two_function_workload_arrives_with_true_shares(tmp_path: Path) -> None:
     require_bpf()
     program = build_two_function_workload(tmp_path)
     workload = subprocess.Popen([str(program)])  # until killed below

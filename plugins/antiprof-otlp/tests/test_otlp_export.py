@@ -6,6 +6,8 @@ import logging
 import socket
 import threading
 import time
+from pathlib import Path
+from typing import Any
 
 import antiprof_otlp
 import attrs
@@ -19,6 +21,7 @@ from antiprof_otlp.transform import TransformOptions, encode_window
 from prometheus_client import CollectorRegistry
 
 from antiprof_core.config import PluginCatalog, build_config, structure_section
+from antiprof_core.model import ProfileWindow
 from antiprof_core.plugins import consumer_types
 from antiprof_core.testing import make_consumer, plugin_manager, run_consumer, synthetic_context, synthetic_window
 
@@ -26,7 +29,7 @@ FAST_RETRY = {"retry_initial_backoff": "20ms", "retry_max_backoff": "100ms", "ti
 
 
 @pytest.fixture(autouse=True)
-def no_otel_environment(monkeypatch):
+def no_otel_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (
         "OTEL_EXPORTER_OTLP_ENDPOINT",
         "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT",
@@ -38,7 +41,7 @@ def no_otel_environment(monkeypatch):
         monkeypatch.delenv(name, raising=False)
 
 
-def consumer(port: int, **options) -> OtlpConsumer:  # type: ignore[no-untyped-def]
+def consumer(port: int, **options: Any) -> OtlpConsumer:
     made = make_consumer(
         antiprof_otlp, "otlp", {"endpoint": f"127.0.0.1:{port}", "insecure": True, **FAST_RETRY, **options}
     )
@@ -46,7 +49,13 @@ def consumer(port: int, **options) -> OtlpConsumer:  # type: ignore[no-untyped-d
     return made
 
 
-def windows(count: int, **shape):  # type: ignore[no-untyped-def]
+def run_otlp(exporter: OtlpConsumer, windows: list[ProfileWindow]) -> OtlpConsumer:
+    """run_consumer, keeping the OTLP consumer's type for its stats()."""
+    run_consumer(exporter, windows)
+    return exporter
+
+
+def windows(count: int, **shape: Any) -> list[ProfileWindow]:
     shape = {"processes": 3, "stacks": 60, "depth": 8, **shape}
     return [synthetic_window(seed=i, start_ns=(1_700_000_000 + 10 * i) * 10**9, **shape) for i in range(count)]
 
@@ -55,18 +64,19 @@ def free_port() -> int:
     """A port nothing listens on (for 'endpoint down'); gRPC servers reuse addresses, so it can be bound later."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 def window_starts(receiver: ProfilesReceiver) -> list[int]:
     return [r.resource_profiles[0].scope_profiles[0].profiles[0].time_unix_nano for r in receiver.requests]
 
 
-def test_delivered_request_decodes_to_the_window():
+def test_delivered_request_decodes_to_the_window() -> None:
     receiver = ProfilesReceiver()
     sent = windows(2, processes=5, stacks=200, depth=16)
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port), sent)
+        exporter = run_otlp(consumer(port), sent)
     assert len(receiver.requests) == 2
     for request, window in zip(receiver.requests, sent, strict=True):
         assert index_problems(request) == []
@@ -129,7 +139,7 @@ class CountingRelay:
         self._listener.close()
 
 
-def test_gzip_shrinks_the_bytes_on_the_wire_and_both_forms_arrive():
+def test_gzip_shrinks_the_bytes_on_the_wire_and_both_forms_arrive() -> None:
     receiver = ProfilesReceiver()
     window = synthetic_window(processes=5, stacks=400, depth=24)
     request_size = len(encode_window(window, TransformOptions())[0].payload)
@@ -145,7 +155,7 @@ def test_gzip_shrinks_the_bytes_on_the_wire_and_both_forms_arrive():
     assert wire["gzip"] < request_size * 0.6, (wire, request_size)
 
 
-def test_tls_with_a_certificate_made_here(tmp_path):
+def test_tls_with_a_certificate_made_here(tmp_path: Path) -> None:
     certificates = make_certificates(tmp_path)
     receiver = ProfilesReceiver()
     with serve(receiver, tls=certificates.server_tls()) as port:
@@ -156,7 +166,7 @@ def test_tls_with_a_certificate_made_here(tmp_path):
     assert len(receiver.requests) == 1
 
 
-def test_mutual_tls_needs_the_client_certificate(tmp_path):
+def test_mutual_tls_needs_the_client_certificate(tmp_path: Path) -> None:
     certificates = make_certificates(tmp_path)
     receiver = ProfilesReceiver()
     with serve(receiver, tls=certificates.server_tls(mutual=True)) as port:
@@ -175,7 +185,7 @@ def test_mutual_tls_needs_the_client_certificate(tmp_path):
     assert len(receiver.requests) == 1
 
 
-def test_tls_by_default_refuses_a_server_certificate_the_system_does_not_trust(tmp_path):
+def test_tls_by_default_refuses_a_server_certificate_the_system_does_not_trust(tmp_path: Path) -> None:
     certificates = make_certificates(tmp_path)
     receiver = ProfilesReceiver()
     with serve(receiver, tls=certificates.server_tls()) as port:
@@ -185,7 +195,7 @@ def test_tls_by_default_refuses_a_server_certificate_the_system_does_not_trust(t
     assert receiver.requests == []
 
 
-def test_auth_header_from_an_environment_variable_arrives_and_is_never_logged(caplog):
+def test_auth_header_from_an_environment_variable_arrives_and_is_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     types = consumer_types(plugin_manager(antiprof_otlp))
     receiver = ProfilesReceiver()
     caplog.set_level(logging.DEBUG)
@@ -212,7 +222,7 @@ def test_auth_header_from_an_environment_variable_arrives_and_is_never_logged(ca
     assert "headers: authorization, x-scope-orgid" in caplog.text
 
 
-def test_missing_header_variable_is_a_config_error():
+def test_missing_header_variable_is_a_config_error() -> None:
     types = consumer_types(plugin_manager(antiprof_otlp))
     data = {"consumers": {"otlp": {"headers": {"authorization": "Bearer ${OTLP_TOKEN}"}}}}
     with pytest.raises(Exception) as caught:
@@ -220,7 +230,7 @@ def test_missing_header_variable_is_a_config_error():
     assert "consumers.otlp.headers.authorization: environment variable 'OTLP_TOKEN' is not set" in str(caught.value)
 
 
-def test_endpoint_down_at_start_then_up_delivers_every_window_once_in_order():
+def test_endpoint_down_at_start_then_up_delivers_every_window_once_in_order() -> None:
     port = free_port()
     receiver = ProfilesReceiver()
     exporter = consumer(port)
@@ -240,7 +250,7 @@ def test_endpoint_down_at_start_then_up_delivers_every_window_once_in_order():
     assert exporter.stats().windows_sent == 5
 
 
-def test_endpoint_going_away_for_a_while_loses_nothing():
+def test_endpoint_going_away_for_a_while_loses_nothing() -> None:
     port = free_port()
     receiver = ProfilesReceiver()
     exporter = consumer(port)
@@ -261,10 +271,10 @@ def test_endpoint_going_away_for_a_while_loses_nothing():
     assert window_starts(receiver) == [w.start_ns for w in sent]
 
 
-def test_unavailable_twice_then_ok_is_delivered_once():
+def test_unavailable_twice_then_ok_is_delivered_once() -> None:
     receiver = ProfilesReceiver([Reply(grpc.StatusCode.UNAVAILABLE), Reply(grpc.StatusCode.UNAVAILABLE)])
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port), windows(1))
+        exporter = run_otlp(consumer(port), windows(1))
     assert [c.code for c in receiver.calls] == [grpc.StatusCode.UNAVAILABLE] * 2 + [grpc.StatusCode.OK]
     assert len(receiver.requests) == 1
     stats = exporter.stats()
@@ -275,14 +285,14 @@ def test_unavailable_twice_then_ok_is_delivered_once():
     "code",
     [grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.ABORTED, grpc.StatusCode.RESOURCE_EXHAUSTED],
 )
-def test_other_retryable_codes_are_retried(code):
+def test_other_retryable_codes_are_retried(code: grpc.StatusCode) -> None:
     receiver = ProfilesReceiver([Reply(code)])
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port), windows(1))
+        exporter = run_otlp(consumer(port), windows(1))
     assert len(receiver.requests) == 1 and exporter.stats().retries == 1
 
 
-def test_server_retry_info_delay_is_honoured():
+def test_server_retry_info_delay_is_honoured() -> None:
     receiver = ProfilesReceiver([Reply(grpc.StatusCode.RESOURCE_EXHAUSTED, retry_delay=0.6)])
     with serve(receiver) as port:
         run_consumer(consumer(port), windows(1))
@@ -290,7 +300,7 @@ def test_server_retry_info_delay_is_honoured():
     assert 0.55 <= second.received_at - first.received_at < 3.0  # our own backoff would be ~20ms
 
 
-def test_invalid_argument_is_dropped_counted_and_not_retried(caplog):
+def test_invalid_argument_is_dropped_counted_and_not_retried(caplog: pytest.LogCaptureFixture) -> None:
     receiver = ProfilesReceiver([Reply(grpc.StatusCode.INVALID_ARGUMENT, message="bad profile")])
     metrics = CollectorRegistry()
     with serve(receiver) as port:
@@ -306,15 +316,15 @@ def test_invalid_argument_is_dropped_counted_and_not_retried(caplog):
     assert len(errors) == 1 and "INVALID_ARGUMENT: bad profile; dropped, not retried" in errors[0]
 
 
-def test_partial_success_is_logged_and_counted(caplog):
+def test_partial_success_is_logged_and_counted(caplog: pytest.LogCaptureFixture) -> None:
     receiver = ProfilesReceiver([Reply(rejected_profiles=2, message="profiles too old")])
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port), windows(1))
+        exporter = run_otlp(consumer(port), windows(1))
     assert exporter.stats().rejected_profiles == 2
     assert "rejected 2 of 3 profile(s): profiles too old" in caplog.text
 
 
-def test_queue_overflow_drops_exactly_what_does_not_fit():
+def test_queue_overflow_drops_exactly_what_does_not_fit() -> None:
     port = free_port()
     receiver = ProfilesReceiver()
     exporter = consumer(port, queue_windows=3)
@@ -333,7 +343,7 @@ def test_queue_overflow_drops_exactly_what_does_not_fit():
     assert (stats.windows_queued, stats.windows_sent, stats.windows_dropped_shutdown) == (3, 3, 0)
 
 
-def test_queue_bytes_bound_the_queue_too():
+def test_queue_bytes_bound_the_queue_too() -> None:
     port = free_port()
     sent = windows(5)
     one = len(encode_window(sent[0], TransformOptions())[0].payload)
@@ -348,14 +358,14 @@ def test_queue_bytes_bound_the_queue_too():
     assert (stats.windows_queued, stats.windows_dropped_queue_full, stats.windows_dropped_shutdown) == (2, 3, 2)
 
 
-def test_shutdown_reports_what_could_not_be_delivered(caplog):
+def test_shutdown_reports_what_could_not_be_delivered(caplog: pytest.LogCaptureFixture) -> None:
     exporter = consumer(free_port())
     run_consumer(exporter, windows(2), flush_timeout=0.3)
     assert exporter.stats().windows_dropped_shutdown == 2
     assert "shut down with 2 window(s) (" in caplog.text and "not delivered to 127.0.0.1:" in caplog.text
 
 
-def test_consume_never_waits_on_a_slow_server():
+def test_consume_never_waits_on_a_slow_server() -> None:
     receiver = ProfilesReceiver(default=Reply(delay=0.3))
     sent = windows(4)
     with serve(receiver) as port:
@@ -371,11 +381,11 @@ def test_consume_never_waits_on_a_slow_server():
     assert window_starts(receiver) == [w.start_ns for w in sent]
 
 
-def test_oversized_window_is_split_by_resource_and_arrives_in_order():
+def test_oversized_window_is_split_by_resource_and_arrives_in_order() -> None:
     receiver = ProfilesReceiver()
     window = synthetic_window(processes=30, stacks=600, depth=16, seed=5)
     with serve(receiver) as port:
-        exporter = run_consumer(consumer(port, max_request_bytes="16KiB"), [window])
+        exporter = run_otlp(consumer(port, max_request_bytes="16KiB"), [window])
     assert len(receiver.requests) > 1
     assert all(call.size <= 16 * 1024 for call in receiver.calls)
     pids = [
@@ -390,7 +400,7 @@ def test_oversized_window_is_split_by_resource_and_arrives_in_order():
     assert exporter.stats().windows_sent == 1
 
 
-def test_flush_does_not_wait_out_a_long_backoff():
+def test_flush_does_not_wait_out_a_long_backoff() -> None:
     port = free_port()
     receiver = ProfilesReceiver()
     exporter = consumer(port, retry_initial_backoff="20s", retry_max_backoff="60s")

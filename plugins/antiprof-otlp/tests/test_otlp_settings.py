@@ -2,24 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 from antiprof_otlp.config import OtlpConfig
-from antiprof_otlp.settings import SettingsError, resolve_settings
+from antiprof_otlp.settings import ExportSettings, SettingsError, resolve_settings
 
 from antiprof_core.config import ConfigError, structure_section
 
 
-def settings(options=None, environ=None):  # type: ignore[no-untyped-def]
+def settings(options: dict[str, Any] | None = None, environ: dict[str, str] | None = None) -> ExportSettings:
     config = structure_section(options or {}, OtlpConfig, "consumers.otlp")
     return resolve_settings(config, environ or {})
 
 
-def test_defaults_are_tls_to_localhost_with_gzip():
+def test_defaults_are_tls_to_localhost_with_gzip() -> None:
     s = settings()
     assert (s.target, s.insecure, s.gzip, s.timeout, s.headers) == ("localhost:4317", False, True, 10.0, ())
 
 
-def test_environment_fills_what_the_config_leaves_unset():
+def test_environment_fills_what_the_config_leaves_unset() -> None:
     environ = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": "http://collector:4317",
         "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20abc,x-tenant=t1",
@@ -29,7 +31,7 @@ def test_environment_fills_what_the_config_leaves_unset():
     assert dict(s.headers) == {"authorization": "Bearer abc", "x-tenant": "t1"}
 
 
-def test_profiles_variables_beat_generic_ones_and_config_beats_both():
+def test_profiles_variables_beat_generic_ones_and_config_beats_both() -> None:
     environ = {
         "OTEL_EXPORTER_OTLP_ENDPOINT": "generic:4317",
         "OTEL_EXPORTER_OTLP_PROFILES_ENDPOINT": "profiles:4317",
@@ -43,12 +45,12 @@ def test_profiles_variables_beat_generic_ones_and_config_beats_both():
     assert dict(s.headers) == {"x-tenant": "cfg", "x-other": "1"}
 
 
-def test_https_scheme_means_tls_even_if_insecure_variable_says_true():
+def test_https_scheme_means_tls_even_if_insecure_variable_says_true() -> None:
     s = settings({}, {"OTEL_EXPORTER_OTLP_ENDPOINT": "https://collector:4317/", "OTEL_EXPORTER_OTLP_INSECURE": "true"})
     assert (s.target, s.insecure) == ("collector:4317", False)
 
 
-def test_header_values_stay_out_of_repr():
+def test_header_values_stay_out_of_repr() -> None:
     s = settings({"headers": {"authorization": "Bearer very-secret"}})
     assert "very-secret" not in repr(s) and s.header_names == ("authorization",)
 
@@ -80,14 +82,14 @@ def test_header_values_stay_out_of_repr():
         ({"insecure": True, "ca_file": "/x.pem"}, {}, "consumers.otlp: ca_file/cert_file/key_file are for TLS"),
     ],
 )
-def test_bad_settings_say_which_key_or_variable(options, environ, message):
+def test_bad_settings_say_which_key_or_variable(options: dict[str, Any], environ: dict[str, str], message: str) -> None:
     with pytest.raises(SettingsError) as caught:
         settings(options, environ)
     assert str(caught.value).startswith(message)
     assert "\n" not in str(caught.value)
 
 
-def test_config_keys_are_strict():
+def test_config_keys_are_strict() -> None:
     with pytest.raises(ConfigError) as caught:
         structure_section({"insecure": "true", "timout": "1s", "queue_bytes": "lots"}, OtlpConfig, "consumers.otlp")
     assert sorted(caught.value.problems) == [
@@ -98,7 +100,7 @@ def test_config_keys_are_strict():
     ]
 
 
-def test_the_installed_entry_point_offers_the_otlp_type():
+def test_the_installed_entry_point_offers_the_otlp_type() -> None:
     from antiprof_core.plugins import load_plugins
 
     loaded = load_plugins(environ={})

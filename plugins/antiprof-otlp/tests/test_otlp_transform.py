@@ -8,7 +8,7 @@ from antiprof_otlp.reading import decoded_samples, index_problems
 from antiprof_otlp.transform import SCOPE_NAME, TransformOptions, encode_window, frame_count
 from opentelemetry.proto.collector.profiles.v1development.profiles_service_pb2 import ExportProfilesServiceRequest
 
-from antiprof_core.model import Frame, FrameKind, Mapping, Process, Sample, SamplingMode
+from antiprof_core.model import Frame, FrameKind, Mapping, Process, ProfileWindow, Sample, SamplingMode
 from antiprof_core.testing import synthetic_window
 
 
@@ -16,13 +16,13 @@ def decode(payload: bytes) -> ExportProfilesServiceRequest:
     return ExportProfilesServiceRequest.FromString(payload)
 
 
-def only_request(window, options=None) -> ExportProfilesServiceRequest:  # type: ignore[no-untyped-def]
+def only_request(window: ProfileWindow, options: TransformOptions | None = None) -> ExportProfilesServiceRequest:
     encoded = encode_window(window, options or TransformOptions())
     assert len(encoded) == 1
     return decode(encoded[0].payload)
 
 
-def test_decoded_samples_are_the_window_frame_by_frame():
+def test_decoded_samples_are_the_window_frame_by_frame() -> None:
     window = synthetic_window(processes=7, stacks=300, depth=12, seed=3)
     request = only_request(window)
     assert index_problems(request) == []
@@ -46,7 +46,7 @@ def test_decoded_samples_are_the_window_frame_by_frame():
     assert got == expected
 
 
-def test_dictionary_zero_values_and_deduplication():
+def test_dictionary_zero_values_and_deduplication() -> None:
     window = synthetic_window(processes=4, stacks=200, depth=10)
     table = only_request(window).dictionary
     assert table.string_table[0] == ""
@@ -66,7 +66,7 @@ def test_dictionary_zero_values_and_deduplication():
     assert len(table.function_table) == len(symbols) + 1
 
 
-def test_equal_frames_that_are_different_objects_share_one_location():
+def test_equal_frames_that_are_different_objects_share_one_location() -> None:
     window = synthetic_window(processes=1, stacks=1, depth=3)
     sample = window.samples[0]
     copy = attrs.evolve(sample, stack=tuple(attrs.evolve(f) for f in sample.stack), tid=sample.tid + 1)
@@ -75,7 +75,7 @@ def test_equal_frames_that_are_different_objects_share_one_location():
     assert len(table.stack_table) == 2
 
 
-def test_profile_types_times_resource_and_scope():
+def test_profile_types_times_resource_and_scope() -> None:
     window = synthetic_window(processes=3, stacks=30, frequency_hz=99, start_ns=1_700_000_000_000_000_000)
     host = attrs.evolve(window.host, node_name="node-7", cluster_name="prod-eu")
     processes = dict(window.processes)
@@ -112,7 +112,7 @@ def test_profile_types_times_resource_and_scope():
     assert by_pid[1001]["container.id"].string_value == "c0ffee" * 10
 
 
-def test_no_kubernetes_attributes_unless_configured_and_service_name_override():
+def test_no_kubernetes_attributes_unless_configured_and_service_name_override() -> None:
     window = synthetic_window(processes=1, stacks=5)
     request = only_request(window, TransformOptions(service_name="checkout"))
     attributes = {kv.key: kv.value for kv in request.resource_profiles[0].resource.attributes}
@@ -120,7 +120,7 @@ def test_no_kubernetes_attributes_unless_configured_and_service_name_override():
     assert attributes["service.name"].string_value == "checkout"
 
 
-def test_mappings_carry_gnu_build_ids_and_frame_types():
+def test_mappings_carry_gnu_build_ids_and_frame_types() -> None:
     window = synthetic_window(processes=3, stacks=60, depth=12)
     decoded = decoded_samples(only_request(window))
     frames = {(f.mapping_path, f.build_id, f.frame_type) for d in decoded for f in d.frames}
@@ -129,7 +129,7 @@ def test_mappings_carry_gnu_build_ids_and_frame_types():
     assert ("[kernel.kallsyms]", "ab" * 20, "kernel") in frames
 
 
-def test_unknown_symbols_jit_frames_and_unknown_processes():
+def test_unknown_symbols_jit_frames_and_unknown_processes() -> None:
     jit_map = Mapping(0x7000_0000, 0x7001_0000, 0, "/tmp/perf-4242.map")
     stack = (
         Frame(0x7000_0010, FrameKind.JIT, "LazyCompile:work", 0x10, jit_map),
@@ -152,7 +152,7 @@ def test_unknown_symbols_jit_frames_and_unknown_processes():
     assert decoded.resource["service.name"] == "unknown_service"
 
 
-def test_trace_mode_keeps_every_timestamp():
+def test_trace_mode_keeps_every_timestamp() -> None:
     window = synthetic_window(processes=2, stacks=40, mode=SamplingMode.TRACE, start_ns=10**18)
     request = only_request(window)
     decoded = decoded_samples(request)
@@ -169,12 +169,12 @@ def test_trace_mode_keeps_every_timestamp():
     )
 
 
-def test_empty_window_sends_nothing():
+def test_empty_window_sends_nothing() -> None:
     assert encode_window(attrs.evolve(synthetic_window(), samples=()), TransformOptions()) == []
 
 
 @pytest.mark.parametrize("limit", [20_000, 60_000])
-def test_oversized_window_is_split_by_resource_in_order(limit):
+def test_oversized_window_is_split_by_resource_in_order(limit: int) -> None:
     window = synthetic_window(processes=40, stacks=800, depth=16)
     whole = only_request(window, TransformOptions(max_request_bytes=0))
     assert whole.ByteSize() > limit
@@ -194,7 +194,7 @@ def test_oversized_window_is_split_by_resource_in_order(limit):
     assert sum(part.samples for part in parts) == window.sample_count
 
 
-def test_size_learned_from_an_earlier_window_splits_up_front_with_the_same_result():
+def test_size_learned_from_an_earlier_window_splits_up_front_with_the_same_result() -> None:
     window = synthetic_window(processes=40, stacks=800, depth=16)
     options = TransformOptions(max_request_bytes=30_000)
     learned = encode_window(window, options)
@@ -209,14 +209,15 @@ def test_size_learned_from_an_earlier_window_splits_up_front_with_the_same_resul
     assert all(len(p.payload) <= 30_000 for p in encode_window(window, options, bytes_per_frame / 10))
 
 
-def test_single_process_larger_than_the_limit_is_sent_whole():
+def test_single_process_larger_than_the_limit_is_sent_whole() -> None:
     window = synthetic_window(processes=1, stacks=100, depth=16)
     parts = encode_window(window, TransformOptions(max_request_bytes=1000))
     assert len(parts) == 1 and len(parts[0].payload) > 1000
 
 
-def test_process_without_mappings_but_kernel_frame_uses_host_kernel():
+def test_process_without_mappings_but_kernel_frame_uses_host_kernel() -> None:
     window = synthetic_window(processes=1, stacks=1)
+    assert window.host.kernel is not None
     frame = Frame(window.host.kernel.start + 0x40, FrameKind.KERNEL, "do_syscall_64", 0x40)
     window = attrs.evolve(
         window,

@@ -246,4 +246,4 @@ def is_readable(path: Path) -> bool:
         return False
     fields = layout.FILE_HEADER.unpack(head)
     magic, data_offset, data_size = fields[0], fields[5], fields[6]
-    return magic == layout.MAGIC and data_size > 0 and info.st_size >= data_offset + data_size
+    return bool(magic == layout.MAGIC and data_size > 0 and info.st_size >= data_offset + data_size)

@@ -134,7 +134,7 @@ def two_function_trace_run(tmp_path_factory: pytest.TempPathFactory, two_functio
 
 
 @pytest.mark.parametrize("mode", ["aggregate", "trace"])
-def test_every_reader_shows_the_shares_of_antiprofs_own_table(mode, request):
+def test_every_reader_shows_the_shares_of_antiprofs_own_table(mode: str, request: pytest.FixtureRequest) -> None:
     """perf report, perf script folded by lines, npm flamegraph and speedscope: within 1 point.
 
     speedscope weighs a sample by the time to its thread's neighbours. Aggregated windows give a
@@ -187,7 +187,9 @@ def time_weighted_shares(windows: list[ProfileWindow], names: tuple[str, ...]) -
     return {name: weights[name] / (total or 1) for name in names}, widest
 
 
-def test_report_and_script_read_the_run_cleanly_and_name_the_workload(two_function_run, two_function_binary):
+def test_report_and_script_read_the_run_cleanly_and_name_the_workload(
+    two_function_run: Run, two_function_binary: Path
+) -> None:
     run = two_function_run
     report = run_perf(["report", "-i", str(run.perf_file), "--stdio"], run.buildid_dir)
     script = run_perf(["script", "-i", str(run.perf_file)], run.buildid_dir)
@@ -206,7 +208,7 @@ def test_report_and_script_read_the_run_cleanly_and_name_the_workload(two_functi
     assert "work_heavy" in report.stdout and "work_light" in report.stdout
 
 
-def test_shares_equal_the_windows_own_counts_and_the_truth(two_function_run):
+def test_shares_equal_the_windows_own_counts_and_the_truth(two_function_run: Run) -> None:
     run = two_function_run
     samples = parse_script(run_perf(["script", "-i", str(run.perf_file)], run.buildid_dir).stdout)
     windows = read_windows(run.json_path)
@@ -219,7 +221,7 @@ def test_shares_equal_the_windows_own_counts_and_the_truth(two_function_run):
         assert abs(float(from_perf[name]) - truth) <= 0.05, (name, float(from_perf[name]))
 
 
-def test_header_and_build_ids_describe_the_run(two_function_run, two_function_binary):
+def test_header_and_build_ids_describe_the_run(two_function_run: Run, two_function_binary: Path) -> None:
     run = two_function_run
     header = run_perf(["report", "-i", str(run.perf_file), "--header-only"], run.buildid_dir)
     listed = run_perf(["buildid-list", "-i", str(run.perf_file)], run.buildid_dir)
@@ -234,7 +236,7 @@ def test_header_and_build_ids_describe_the_run(two_function_run, two_function_bi
     assert f"{build_id} {two_function_binary}" in listed.stdout.splitlines()
 
 
-def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
+def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path: Path) -> None:
     require_bpf()
     run = Run(tmp_path)
     workload = start_workload(build_syscall_workload(tmp_path / "workload"))
@@ -257,15 +259,18 @@ def test_kernel_frames_are_named_for_a_syscall_workload(tmp_path):
     assert any("getppid" in (f.symbol or "") for f in kernel)
 
 
-def test_sigkill_of_the_agent_leaves_a_file_perf_reads(tmp_path, two_function_binary):
+def test_sigkill_of_the_agent_leaves_a_file_perf_reads(tmp_path: Path, two_function_binary: Path) -> None:
     require_bpf()
     run = Run(tmp_path)
     workload = start_workload(two_function_binary)
     try:
         config = write_config(tmp_path, workload.pid, run.perf_dir, run.json_path, window="300ms")
         with RunningAgent(config, tmp_path) as agent:  # returns once attached, however long BCC takes
-            wait_until(lambda: run.json_path.exists() and len(run.json_path.read_text().splitlines()) >= 3,
-                       timeout=60, what="3 windows")
+            wait_until(
+                lambda: run.json_path.exists() and len(run.json_path.read_text().splitlines()) >= 3,
+                timeout=60,
+                what="3 windows",
+            )
             agent.signal(signal.SIGKILL)
     finally:
         workload.kill()
@@ -286,7 +291,9 @@ def full_tmpfs(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
-def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs, two_function_binary):
+def test_full_disk_does_not_stop_the_agent_or_the_json_sink(
+    tmp_path: Path, full_tmpfs: Path, two_function_binary: Path
+) -> None:
     require_bpf()
     run = Run(tmp_path)
     workload = start_workload(two_function_binary)
@@ -314,7 +321,7 @@ def test_full_disk_does_not_stop_the_agent_or_the_json_sink(tmp_path, full_tmpfs
     assert not list((full_tmpfs / "perf").glob(".*.tmp")), "a temporary file was left behind"
 
 
-def test_agrees_with_perf_record_side_by_side(tmp_path, two_function_binary):
+def test_agrees_with_perf_record_side_by_side(tmp_path: Path, two_function_binary: Path) -> None:
     require_bpf()
     run = Run(tmp_path)
     workload = start_workload(two_function_binary)
@@ -365,7 +372,7 @@ while (Date.now() < end) { s += hotLoop(1e6); }
 """
 
 
-def test_jit_frames_are_named_from_the_perf_map(tmp_path):
+def test_jit_frames_are_named_from_the_perf_map(tmp_path: Path) -> None:
     """Node's /tmp/perf-PID.map names JIT code in `perf report` because the file maps it as //anon."""
     require_bpf()
     node = shutil.which("node")

@@ -15,6 +15,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import antiprof_perfdata
 import pytest
@@ -23,6 +24,7 @@ from antiprof_perfdata.perftool import run_perf
 from antiprof_perfdata.sink import PerfDataSink, PerfDataWriteError
 from antiprof_perfdata.writer import PerfDataFile, is_readable
 
+from antiprof_core.model import ProfileWindow
 from antiprof_core.testing import make_consumer, small_tmpfs, synthetic_window
 from antiprof_core.testing.users import HostileUser, unprivileged_user
 
@@ -30,13 +32,13 @@ T0 = 1_795_600_000_000_000_000  # 2026-11-25T09:46:40Z
 SECOND = 1_000_000_000
 
 
-def sink(options: dict) -> PerfDataSink:
+def sink(options: dict[str, Any]) -> PerfDataSink:
     consumer = make_consumer(antiprof_perfdata, "perfdata", options)
     assert isinstance(consumer, PerfDataSink)
     return consumer
 
 
-def window(index: int, stacks: int = 40):
+def window(index: int, stacks: int = 40) -> ProfileWindow:
     return synthetic_window(processes=2, stacks=stacks, seed=index % 7 + 1, start_ns=T0 + index * SECOND)
 
 
@@ -70,7 +72,7 @@ def tiny_disk(tmp_path: Path) -> Iterator[Path]:
         yield mount
 
 
-def test_full_disk_then_space_back_leaves_only_readable_files(tiny_disk, buildid_dir):
+def test_full_disk_then_space_back_leaves_only_readable_files(tiny_disk: Path, buildid_dir: Path) -> None:
     """A new file a window per second, disk full for a while: no empty or header-only file, ever."""
     out = tiny_disk / "perf"
     consumer = sink({"output_dir": str(out), "rotate_every": "1s", "max_files": 4})
@@ -98,7 +100,7 @@ def test_full_disk_then_space_back_leaves_only_readable_files(tiny_disk, buildid
     assert files[-1].name == naming.file_name("synthetic-host", T0 + 29 * SECOND)
 
 
-def test_a_new_file_that_cannot_take_its_first_window_is_removed(tiny_disk):
+def test_a_new_file_that_cannot_take_its_first_window_is_removed(tiny_disk: Path) -> None:
     out = tiny_disk / "perf"
     consumer = sink({"output_dir": str(out)})
     consumer.start()
@@ -113,7 +115,7 @@ def test_a_new_file_that_cannot_take_its_first_window_is_removed(tiny_disk):
     assert list(out.iterdir()) == []
 
 
-def test_retention_deletes_unreadable_files_before_readable_ones(tmp_path, buildid_dir):
+def test_retention_deletes_unreadable_files_before_readable_ones(tmp_path: Path, buildid_dir: Path) -> None:
     hostname = "synthetic-host"
     readable_old = tmp_path / naming.file_name(hostname, T0 - 3600 * SECOND)
     PerfDataFile(readable_old, window(0).host, 19).write(window(0))
@@ -131,7 +133,7 @@ def test_retention_deletes_unreadable_files_before_readable_ones(tmp_path, build
     assert_every_file_reads(tmp_path, buildid_dir)
 
 
-def test_stale_temporary_files_of_this_host_are_removed_at_start(tmp_path):
+def test_stale_temporary_files_of_this_host_are_removed_at_start(tmp_path: Path) -> None:
     stale = tmp_path / f".{naming.file_name('synthetic-host', T0)}.0123456789ab.tmp"
     fresh = tmp_path / f".{naming.file_name('synthetic-host', T0 + SECOND)}.ba9876543210.tmp"
     foreign = tmp_path / f".{naming.file_name('otherhost', T0)}.0123456789ab.tmp"
@@ -146,7 +148,7 @@ def test_stale_temporary_files_of_this_host_are_removed_at_start(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted([fresh.name, foreign.name])
 
 
-def test_sigkill_during_rotation_leaves_only_readable_files(tmp_path, buildid_dir):
+def test_sigkill_during_rotation_leaves_only_readable_files(tmp_path: Path, buildid_dir: Path) -> None:
     """4 MiB files rotating every few windows, the writer killed 10 times at random moments."""
     rng = random.Random(9)
     writer = textwrap.dedent(
@@ -187,7 +189,9 @@ def hostile_folder() -> Iterator[tuple[Path, HostileUser]]:
         yield folder, user
 
 
-def test_a_symlinked_output_dir_planted_by_another_user_is_refused(hostile_folder, tmp_path):
+def test_a_symlinked_output_dir_planted_by_another_user_is_refused(
+    hostile_folder: tuple[Path, HostileUser], tmp_path: Path
+) -> None:
     folder, user = hostile_folder
     target = tmp_path / "roots-own"
     target.mkdir()
@@ -205,7 +209,9 @@ def test_a_symlinked_output_dir_planted_by_another_user_is_refused(hostile_folde
     assert list(target.iterdir()) == []
 
 
-def test_a_symlink_planted_at_the_pipe_path_is_refused(hostile_folder, tmp_path):
+def test_a_symlink_planted_at_the_pipe_path_is_refused(
+    hostile_folder: tuple[Path, HostileUser], tmp_path: Path
+) -> None:
     folder, user = hostile_folder
     victim = tmp_path / "root-only"
     victim.write_bytes(b"secret\n")

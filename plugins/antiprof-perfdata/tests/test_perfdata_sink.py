@@ -10,7 +10,9 @@ import sys
 import tempfile
 import textwrap
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import antiprof_perfdata
 import attrs
@@ -19,6 +21,7 @@ from antiprof_perfdata.perftool import parse_script, perf_path, run_perf
 from antiprof_perfdata.sink import PerfDataSink, PerfDataWriteError
 
 from antiprof_core.config import ConfigError
+from antiprof_core.model import ProfileWindow
 from antiprof_core.testing import make_consumer, run_consumer, synthetic_window
 from antiprof_core.testing import small_tmpfs as mount_small_tmpfs
 
@@ -27,13 +30,13 @@ SECOND = 1_000_000_000
 ANTIPROF = str(Path(sys.executable).parent / "antiprof")
 
 
-def sink(options: dict) -> PerfDataSink:
+def sink(options: dict[str, Any]) -> PerfDataSink:
     consumer = make_consumer(antiprof_perfdata, "perfdata", options)
     assert isinstance(consumer, PerfDataSink)
     return consumer
 
 
-def windows(count: int, every_s: float = 1.0, stacks: int = 20) -> list:
+def windows(count: int, every_s: float = 1.0, stacks: int = 20) -> list[ProfileWindow]:
     return [
         synthetic_window(
             processes=2, stacks=stacks, seed=i + 1, start_ns=T0 + int(i * every_s * SECOND), duration_ns=SECOND
@@ -53,7 +56,7 @@ def sample_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip() and not line.startswith("\t")]
 
 
-def counted(window_list: list) -> int:
+def counted(window_list: list[ProfileWindow]) -> int:
     """Samples the windows hold: one SAMPLE record each in perf.data."""
     return sum(window.sample_count for window in window_list)
 
@@ -65,7 +68,7 @@ def perf_files(directory: Path) -> list[str]:
 # --- config ------------------------------------------------------------------------------------
 
 
-def test_defaults_match_the_documentation():
+def test_defaults_match_the_documentation() -> None:
     config = sink({}).config
     assert config.output_dir == "/var/lib/antiprof/perf"
     assert (config.rotate_every, config.max_file_size, config.max_files) == (3600.0, 100 * 1024 * 1024, 24)
@@ -85,7 +88,7 @@ def test_defaults_match_the_documentation():
         ({"compacted": True}, "consumers.perfdata.compacted: unknown key (did you mean 'compact'?)"),
     ],
 )
-def test_bad_config_is_one_line_naming_the_key(options, message):
+def test_bad_config_is_one_line_naming_the_key(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as caught:
         sink(options)
     assert len(caught.value.problems) == 1
@@ -95,7 +98,7 @@ def test_bad_config_is_one_line_naming_the_key(options, message):
 # --- files -------------------------------------------------------------------------------------
 
 
-def test_directory_and_files_are_private_and_named_by_host_and_utc_start(tmp_path, buildid_dir):
+def test_directory_and_files_are_private_and_named_by_host_and_utc_start(tmp_path: Path, buildid_dir: Path) -> None:
     out = tmp_path / "new" / "perf"
     run_consumer(sink({"output_dir": str(out)}), windows(3))
     assert out.stat().st_mode & 0o777 == 0o700
@@ -106,7 +109,7 @@ def test_directory_and_files_are_private_and_named_by_host_and_utc_start(tmp_pat
     assert samples_in(path, buildid_dir) == counted(windows(3))
 
 
-def test_no_file_until_a_window_has_samples(tmp_path, buildid_dir):
+def test_no_file_until_a_window_has_samples(tmp_path: Path, buildid_dir: Path) -> None:
     empty = [attrs.evolve(window, samples=()) for window in windows(2)]
     consumer = sink({"output_dir": str(tmp_path)})
     consumer.start()
@@ -120,7 +123,7 @@ def test_no_file_until_a_window_has_samples(tmp_path, buildid_dir):
     assert samples_in(tmp_path / perf_files(tmp_path)[0], buildid_dir) == counted(windows(3)[-1:])
 
 
-def test_rotation_by_time_starts_a_file_per_period(tmp_path, buildid_dir):
+def test_rotation_by_time_starts_a_file_per_period(tmp_path: Path, buildid_dir: Path) -> None:
     run_consumer(sink({"output_dir": str(tmp_path), "rotate_every": "10s"}), windows(7, every_s=4))
     # windows at 0 4 8 | 12 16 20 | 24 seconds
     assert perf_files(tmp_path) == [
@@ -133,7 +136,7 @@ def test_rotation_by_time_starts_a_file_per_period(tmp_path, buildid_dir):
     assert [samples_in(tmp_path / name, buildid_dir) for name in perf_files(tmp_path)] == expected
 
 
-def test_rotation_by_size_keeps_every_file_under_the_limit(tmp_path, buildid_dir):
+def test_rotation_by_size_keeps_every_file_under_the_limit(tmp_path: Path, buildid_dir: Path) -> None:
     limit = 64 * 1024
     consumer = sink({"output_dir": str(tmp_path), "max_file_size": "64KiB"})
     run_consumer(consumer, windows(24, every_s=0.05, stacks=15))  # about 10 KB a window
@@ -146,7 +149,7 @@ def test_rotation_by_size_keeps_every_file_under_the_limit(tmp_path, buildid_dir
     assert sum(samples_in(tmp_path / name, buildid_dir) for name in names) == counted(windows(24, 0.05, 15))
 
 
-def test_retention_deletes_only_this_sinks_oldest_files(tmp_path):
+def test_retention_deletes_only_this_sinks_oldest_files(tmp_path: Path) -> None:
     foreign = [
         "antiprof-otherhost-20200101T000000Z.perf.data",
         "perf.data",
@@ -165,7 +168,7 @@ def test_retention_deletes_only_this_sinks_oldest_files(tmp_path):
     assert all((tmp_path / name).read_text() == "keep me" for name in foreign)
 
 
-def test_vanished_directory_is_recreated_on_the_next_window(tmp_path, buildid_dir):
+def test_vanished_directory_is_recreated_on_the_next_window(tmp_path: Path, buildid_dir: Path) -> None:
     out = tmp_path / "perf"
     consumer = sink({"output_dir": str(out)})
     consumer.start()
@@ -180,13 +183,13 @@ def test_vanished_directory_is_recreated_on_the_next_window(tmp_path, buildid_di
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 256 KiB tmpfs, unmounted afterwards (needs root)."""
     with mount_small_tmpfs(tmp_path / "small") as mount:
         yield mount
 
 
-def test_full_disk_drops_the_window_names_the_path_and_recovers(small_tmpfs, buildid_dir):
+def test_full_disk_drops_the_window_names_the_path_and_recovers(small_tmpfs: Path, buildid_dir: Path) -> None:
     filler = small_tmpfs / "filler"
     filler.write_bytes(b"\0" * (200 * 1024))
     consumer = sink({"output_dir": str(small_tmpfs / "perf")})
@@ -210,7 +213,7 @@ def test_full_disk_drops_the_window_names_the_path_and_recovers(small_tmpfs, bui
     assert samples_in(path, buildid_dir) == counted([*written, last])
 
 
-def test_permission_denied_drops_the_window_and_retries(tmp_path, buildid_dir):
+def test_permission_denied_drops_the_window_and_retries(tmp_path: Path, buildid_dir: Path) -> None:
     if os.geteuid() != 0:
         pytest.skip("switching to an unprivileged user needs root")
     public = Path(tempfile.mkdtemp(prefix="antiprof-perfdata-eacces-", dir="/tmp"))
@@ -272,7 +275,7 @@ def test_permission_denied_drops_the_window_and_retries(tmp_path, buildid_dir):
 # --- crash safety ------------------------------------------------------------------------------
 
 
-def test_sigkill_while_writing_leaves_a_file_perf_reads(tmp_path, buildid_dir):
+def test_sigkill_while_writing_leaves_a_file_perf_reads(tmp_path: Path, buildid_dir: Path) -> None:
     writer = textwrap.dedent(
         f"""
         import antiprof_perfdata
@@ -303,7 +306,7 @@ def test_sigkill_while_writing_leaves_a_file_perf_reads(tmp_path, buildid_dir):
 # --- pipe mode ---------------------------------------------------------------------------------
 
 
-def test_pipe_mode_to_a_fifo_waits_for_a_reader_then_streams(tmp_path, buildid_dir):
+def test_pipe_mode_to_a_fifo_waits_for_a_reader_then_streams(tmp_path: Path, buildid_dir: Path) -> None:
     fifo = tmp_path / "perf.fifo"
     os.mkfifo(fifo)
     consumer = sink({"mode": "pipe", "path": str(fifo)})
@@ -334,7 +337,7 @@ def test_pipe_mode_to_a_fifo_waits_for_a_reader_then_streams(tmp_path, buildid_d
     assert len(sample_lines(out.decode())) == counted(rest)
 
 
-def test_antiprof_run_pipes_to_perf_script(tmp_path, buildid_dir):
+def test_antiprof_run_pipes_to_perf_script(tmp_path: Path, buildid_dir: Path) -> None:
     config = tmp_path / "pipe.toml"
     config.write_text(
         textwrap.dedent(
@@ -365,14 +368,14 @@ def test_antiprof_run_pipes_to_perf_script(tmp_path, buildid_dir):
     assert all(line.split()[0].startswith("synthetic_") for line in lines)
 
 
-def test_script_output_parses_into_frames(tmp_path, buildid_dir):
+def test_script_output_parses_into_frames(tmp_path: Path, buildid_dir: Path) -> None:
     run_consumer(sink({"output_dir": str(tmp_path)}), windows(1, stacks=5))
     [path] = tmp_path.glob("*.perf.data")
     samples = parse_script(run_perf(["script", "-i", str(path)], buildid_dir).stdout)
     assert len(samples) == counted(windows(1, stacks=5)) and all(len(s.frames) == 16 for s in samples)
 
 
-def test_antiprof_record_writes_perf_data_and_says_how_to_open_it(tmp_path, buildid_dir):
+def test_antiprof_record_writes_perf_data_and_says_how_to_open_it(tmp_path: Path, buildid_dir: Path) -> None:
     out = tmp_path / "antiprof-data"
     done = subprocess.run(
         [ANTIPROF, "record", "-d", "1s", "--source", "synthetic", "-o", str(out)],

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from fractions import Fraction
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from antiprof_perfdata import layout
@@ -14,6 +15,9 @@ from antiprof_perfdata.writer import PerfDataFile, PerfDataPipe, write_perf_data
 from antiprof_core.host import read_host
 from antiprof_core.model import Frame, FrameKind, Host, SamplingMode
 from antiprof_core.testing import synthetic_window
+
+if TYPE_CHECKING:  # conftest is pytest's, only mypy imports it
+    from conftest import ElfWindows
 
 STACKS = {
     ("work_heavy", "cycle", "main"): 6,
@@ -28,7 +32,9 @@ def host() -> Host:
     return read_host()
 
 
-def test_report_and_script_name_every_function_with_the_windows_own_shares(tmp_path, buildid_dir, elf_windows, host):
+def test_report_and_script_name_every_function_with_the_windows_own_shares(
+    tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows, host: Host
+) -> None:
     path = write_perf_data(tmp_path / "a.perf.data", [elf_windows.window(STACKS, host)], COMMAND_LINE)
 
     report = run_perf(["report", "-i", str(path), "--stdio", "--no-children", "--sort", "sym"], buildid_dir)
@@ -51,7 +57,9 @@ def test_report_and_script_name_every_function_with_the_windows_own_shares(tmp_p
     assert f"Event count (approx.): {total * period}" in report.stdout
 
 
-def test_header_shows_host_cpus_command_line_and_event(tmp_path, buildid_dir, elf_windows, host):
+def test_header_shows_host_cpus_command_line_and_event(
+    tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows, host: Host
+) -> None:
     path = write_perf_data(tmp_path / "h.perf.data", [elf_windows.window(STACKS, host)], COMMAND_LINE)
 
     header = run_perf(["report", "-i", str(path), "--header-only"], buildid_dir)
@@ -68,7 +76,9 @@ def test_header_shows_host_cpus_command_line_and_event(tmp_path, buildid_dir, el
     assert "# time of first sample : 1700000000.000000" in header.stdout
 
 
-def test_buildid_list_has_the_binary_and_the_kernel(tmp_path, buildid_dir, elf_windows, host):
+def test_buildid_list_has_the_binary_and_the_kernel(
+    tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows, host: Host
+) -> None:
     path = write_perf_data(tmp_path / "b.perf.data", [elf_windows.window(STACKS, host)])
 
     listed = run_perf(["buildid-list", "-i", str(path)], buildid_dir)
@@ -80,7 +90,9 @@ def test_buildid_list_has_the_binary_and_the_kernel(tmp_path, buildid_dir, elf_w
     assert f"{host.kernel.build_id} [kernel.kallsyms]" in lines
 
 
-def test_kernel_frames_are_named_under_the_user_stack(tmp_path, buildid_dir, elf_windows, host):
+def test_kernel_frames_are_named_under_the_user_stack(
+    tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows, host: Host
+) -> None:
     names = ["__x64_sys_getppid", "do_syscall_64", "entry_SYSCALL_64_after_hwframe"]
     kernel = tuple(Frame(kallsyms_address(name) + 1, FrameKind.KERNEL, name, 1) for name in names)
     window = elf_windows.window({("cycle", "main"): 2}, host, kernel=kernel)
@@ -106,7 +118,7 @@ def kallsyms_address(name: str) -> int:
     raise LookupError(name)
 
 
-def test_pipe_mode_reads_through_cat(tmp_path, buildid_dir, elf_windows, host):
+def test_pipe_mode_reads_through_cat(tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows, host: Host) -> None:
     stream_path = tmp_path / "stream.perf.data"
     with stream_path.open("wb") as stream:
         pipe = PerfDataPipe(stream, host, 99, COMMAND_LINE)
@@ -131,7 +143,9 @@ def test_pipe_mode_reads_through_cat(tmp_path, buildid_dir, elf_windows, host):
     assert stream_path.read_bytes()[:16] == layout.PIPE_HEADER.pack(b"PERFILE2", 16)
 
 
-def test_compact_writes_one_period_weighted_record_per_stack(tmp_path, buildid_dir, elf_windows, host):
+def test_compact_writes_one_period_weighted_record_per_stack(
+    tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows, host: Host
+) -> None:
     path = write_perf_data(tmp_path / "c.perf.data", [elf_windows.window(STACKS, host)], compact=True)
 
     report = run_perf(["report", "-i", str(path), "--stdio", "--no-children", "--sort", "sym"], buildid_dir)
@@ -144,7 +158,7 @@ def test_compact_writes_one_period_weighted_record_per_stack(tmp_path, buildid_d
     assert report_shares(report.stdout)["work_heavy"] == pytest.approx(0.6)  # perf report weighs period
 
 
-def test_trace_mode_writes_each_sample_at_its_own_time(tmp_path, buildid_dir):
+def test_trace_mode_writes_each_sample_at_its_own_time(tmp_path: Path, buildid_dir: Path) -> None:
     window = synthetic_window(processes=2, stacks=10, mode=SamplingMode.TRACE, start_ns=1_700_000_000_000_000_000)
     path = write_perf_data(tmp_path / "t.perf.data", [window])
 
@@ -157,7 +171,7 @@ def test_trace_mode_writes_each_sample_at_its_own_time(tmp_path, buildid_dir):
     assert times == pytest.approx([t / 1e9 for t in expected], abs=2e-6)  # printed in time order
 
 
-def test_file_reads_after_every_window_and_counts_add_up(tmp_path, buildid_dir):
+def test_file_reads_after_every_window_and_counts_add_up(tmp_path: Path, buildid_dir: Path) -> None:
     path = tmp_path / "w.perf.data"
     windows = [synthetic_window(processes=3, stacks=40, seed=seed, start_ns=seed * 10**10) for seed in range(1, 4)]
     with PerfDataFile(path, windows[0].host, windows[0].frequency_hz) as out:
@@ -170,7 +184,7 @@ def test_file_reads_after_every_window_and_counts_add_up(tmp_path, buildid_dir):
             assert sum(periods) == sum(w.sample_count for w in windows[:written]) * windows[0].period_ns
 
 
-def test_new_file_is_private_and_never_overwrites(tmp_path):
+def test_new_file_is_private_and_never_overwrites(tmp_path: Path) -> None:
     window = synthetic_window(stacks=5)
     path = write_perf_data(tmp_path / "p.perf.data", [window])
     assert path.stat().st_mode & 0o777 == 0o600

@@ -10,6 +10,7 @@ import textwrap
 import threading
 import time
 from pathlib import Path
+from typing import IO, TYPE_CHECKING
 
 import pytest
 
@@ -20,6 +21,9 @@ from antiprof_core.symbolize.elf import read_elf
 from antiprof_core.testing import antiprof_command, require_bpf
 from antiprof_core.testing.agent import RunningAgent, json_sink_samples, wait_until
 from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES
+
+if TYPE_CHECKING:  # conftest is pytest's, only mypy imports it
+    from conftest import GoPprof, Readers
 
 pytestmark = pytest.mark.bpf
 WORKLOAD_SECONDS = 90  # outlives the agent (BCC compiles for seconds on a busy machine); killed after
@@ -61,7 +65,7 @@ def table_of(windows: list[ProfileWindow]) -> HottestFunctions:
     return table
 
 
-def assert_within_one_point(found: dict, expected: dict[str, tuple[float, float]]) -> None:
+def assert_within_one_point(found: dict[str, tuple[float, float]], expected: dict[str, tuple[float, float]]) -> None:
     for name in FUNCTIONS:
         own, total = expected[name]
         assert abs(found[name][0] - own) <= 1 and abs(found[name][1] - total) <= 1, (name, found[name], own, total)
@@ -87,7 +91,9 @@ def recorded(tmp_path_factory: pytest.TempPathFactory, two_function_binary: Path
     return directory, workload.pid
 
 
-def test_go_tool_pprof_shares_match_antiprof_table(recorded, go_pprof, readers):
+def test_go_tool_pprof_shares_match_antiprof_table(
+    recorded: tuple[Path, int], go_pprof: GoPprof, readers: type[Readers]
+) -> None:
     directory, _ = recorded
     files = sorted((directory / "pprof").glob("*.pb.gz"))
     expected = readers.table_shares(table_of(read_windows(directory)))
@@ -101,7 +107,9 @@ def test_go_tool_pprof_shares_match_antiprof_table(recorded, go_pprof, readers):
         assert abs(expected[name][1] - 100 * truth) <= 5, (name, expected[name])
 
 
-def test_pprof_format_reads_the_workload_with_its_binary_and_labels(recorded, two_function_binary, readers):
+def test_pprof_format_reads_the_workload_with_its_binary_and_labels(
+    recorded: tuple[Path, int], two_function_binary: Path, readers: type[Readers]
+) -> None:
     directory, pid = recorded
     files = sorted((directory / "pprof").glob("*.pb.gz"))
     windows = read_windows(directory)
@@ -125,12 +133,12 @@ def test_pprof_format_reads_the_workload_with_its_binary_and_labels(recorded, tw
 class AgentLog:
     """Collects the agent's stderr lines as they come, so the test can wait for one."""
 
-    def __init__(self, stream) -> None:
+    def __init__(self, stream: IO[bytes]) -> None:
         self.lines: list[str] = []
         self._thread = threading.Thread(target=self._read, args=(stream,), daemon=True)
         self._thread.start()
 
-    def _read(self, stream) -> None:
+    def _read(self, stream: IO[bytes]) -> None:
         for raw in stream:
             self.lines.append(raw.decode(errors="replace"))
 
@@ -138,11 +146,14 @@ class AgentLog:
         return "".join(self.lines)
 
 
-def test_go_tool_pprof_profiles_a_running_agent_over_http(tmp_path, two_function_binary, go_pprof, readers):
+def test_go_tool_pprof_profiles_a_running_agent_over_http(
+    tmp_path: Path, two_function_binary: Path, go_pprof: GoPprof, readers: type[Readers]
+) -> None:
     require_bpf()
     workload = subprocess.Popen([str(two_function_binary), str(WORKLOAD_SECONDS)])
     config = write_config(tmp_path, workload.pid, http_address="127.0.0.1:0")
     agent = subprocess.Popen(antiprof_command("run", "-c", str(config), "--duration", "80s"), stderr=subprocess.PIPE)
+    assert agent.stderr is not None
     log = AgentLog(agent.stderr)
     try:
         deadline = time.monotonic() + 60
@@ -161,7 +172,9 @@ def test_go_tool_pprof_profiles_a_running_agent_over_http(tmp_path, two_function
         workload.wait()
 
     assert done.returncode == 0, done.stderr
-    saved = Path(re.search(r"Saved profile in (\S+)", done.stderr).group(1))  # type: ignore[union-attr]
+    match = re.search(r"Saved profile in (\S+)", done.stderr)
+    assert match is not None, done.stderr
+    saved = Path(match.group(1))
     [profile] = readers.decode(saved)
     start, end = int(profile["timeNanos"]), int(profile["timeNanos"]) + int(profile["durationNanos"])
     covered = [w for w in read_windows(tmp_path) if start <= w.start_ns and w.end_ns <= end]

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 import pytest
@@ -13,10 +14,15 @@ from antiprof_core.sources.synthetic import synthetic_host, synthetic_window
 from antiprof_core.summary import HottestFunctions
 from antiprof_pprof import build_profile, encode_profile, profile_pb2
 
+if TYPE_CHECKING:  # conftest is pytest's, only mypy imports it
+    from conftest import GoPprof, Readers
+
 START = 1_700_000_000_000_000_000
 APP = Mapping(0x5555_0000_0000, 0x5555_0010_0000, 0x1000, "/opt/app/bin/server", "1f" * 20, 77)
 LIBC = Mapping(0x7F00_0000_0000, 0x7F00_0020_0000, 0x2000, "/usr/lib/x86_64-linux-gnu/libc.so.6", "c0" * 20, 78)
-KERNEL = synthetic_host().kernel
+_HOST_KERNEL = synthetic_host().kernel
+assert _HOST_KERNEL is not None
+KERNEL: Mapping = _HOST_KERNEL
 assert KERNEL is not None
 
 
@@ -48,7 +54,7 @@ def write(path: Path, *windows: ProfileWindow) -> Path:
     return path
 
 
-def test_the_profile_says_what_it_measures_and_when():
+def test_the_profile_says_what_it_measures_and_when() -> None:
     profile = profile_pb2.Profile.FromString(gzip.decompress(encode_profile([window()])))
     text = profile.string_table
 
@@ -61,7 +67,7 @@ def test_the_profile_says_what_it_measures_and_when():
                                                        [1, 10_000_000]]  # fmt: skip
 
 
-def test_pprof_format_reads_stacks_labels_mappings_and_functions(tmp_path, readers):
+def test_pprof_format_reads_stacks_labels_mappings_and_functions(tmp_path: Path, readers: type[Readers]) -> None:
     [decoded] = readers.decode(write(tmp_path / "one.pb.gz", window()))
 
     assert decoded["sampleTypes"] == [["samples", "count"], ["cpu", "nanoseconds"]]
@@ -88,13 +94,13 @@ def test_pprof_format_reads_stacks_labels_mappings_and_functions(tmp_path, reade
     assert len(decoded["functions"]) == 4  # each function once, however many stacks hold it
 
 
-def test_container_label_only_when_the_process_has_one(tmp_path, readers):
+def test_container_label_only_when_the_process_has_one(tmp_path: Path, readers: type[Readers]) -> None:
     [decoded] = readers.decode(write(tmp_path / "bare.pb.gz", window(container=None)))
 
     assert all(set(s["labels"]) == {"pid", "tid", "thread", "process"} for s in decoded["samples"])
 
 
-def test_go_tool_pprof_reads_the_names_the_labels_and_the_header(tmp_path, go_pprof):
+def test_go_tool_pprof_reads_the_names_the_labels_and_the_header(tmp_path: Path, go_pprof: GoPprof) -> None:
     path = write(tmp_path / "one.pb.gz", window())
 
     top = go_pprof.top(str(path))
@@ -112,7 +118,7 @@ def test_go_tool_pprof_reads_the_names_the_labels_and_the_header(tmp_path, go_pp
         assert expected in tags.stdout, tags.stdout
 
 
-def test_shares_equal_antiprof_table_in_both_readers(tmp_path, go_pprof, readers):
+def test_shares_equal_antiprof_table_in_both_readers(tmp_path: Path, go_pprof: GoPprof, readers: type[Readers]) -> None:
     windows = [synthetic_window(stacks=400, depth=12, seed=seed, start_ns=START + seed * 10**10) for seed in (1, 2)]
     table = HottestFunctions()
     for each in windows:
@@ -129,7 +135,7 @@ def test_shares_equal_antiprof_table_in_both_readers(tmp_path, go_pprof, readers
         assert from_js[name] == pytest.approx((own, total)), name
 
 
-def test_windows_merge_into_one_profile_spanning_them():
+def test_windows_merge_into_one_profile_spanning_them() -> None:
     later = START + 5_000_000_000
     profile = build_profile([window(), window(start_ns=later)])
 
@@ -139,7 +145,7 @@ def test_windows_merge_into_one_profile_spanning_them():
     assert len(profile.mapping) == 3
 
 
-def test_an_empty_window_is_a_valid_empty_profile(tmp_path, go_pprof):
+def test_an_empty_window_is_a_valid_empty_profile(tmp_path: Path, go_pprof: GoPprof) -> None:
     empty = attrs.evolve(window(), samples=())
     path = write(tmp_path / "empty.pb.gz", empty)
 
@@ -157,7 +163,7 @@ def renamed(prefix: str) -> ProfileWindow:
     return attrs.evolve(base, samples=samples)
 
 
-def test_a_merging_builder_adds_up_equal_stacks_and_keeps_no_window():
+def test_a_merging_builder_adds_up_equal_stacks_and_keeps_no_window() -> None:
     import gc
     import weakref
 

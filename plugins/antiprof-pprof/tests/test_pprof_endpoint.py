@@ -8,6 +8,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
@@ -17,6 +18,9 @@ from antiprof_core.summary import HottestFunctions
 from antiprof_core.testing import make_consumer
 from antiprof_pprof import PprofSink, profile_pb2
 from antiprof_pprof.endpoint import DEFAULT_SECONDS, parse_seconds
+
+if TYPE_CHECKING:  # conftest is pytest's, only mypy imports it
+    from conftest import GoPprof, Readers
 
 WINDOW_NS = 250_000_000
 
@@ -56,7 +60,9 @@ def url(consumer: PprofSink, query: str = "") -> str:
     return consumer.endpoint.url + query
 
 
-def test_go_tool_pprof_profiles_the_running_agent(live, go_pprof, readers):
+def test_go_tool_pprof_profiles_the_running_agent(
+    live: tuple[PprofSink, Feeder], go_pprof: GoPprof, readers: type[Readers]
+) -> None:
     consumer, _ = live
     table = HottestFunctions()
     table.consume(synthetic_window(stacks=60, depth=8, seed=5, duration_ns=WINDOW_NS))
@@ -77,7 +83,7 @@ def test_go_tool_pprof_profiles_the_running_agent(live, go_pprof, readers):
         assert abs(top[name].flat_percent - own) <= 0.01 and abs(top[name].cum_percent - total) <= 0.01, name
 
 
-def test_answers_like_go_net_http_pprof(live):
+def test_answers_like_go_net_http_pprof(live: tuple[PprofSink, Feeder]) -> None:
     consumer, _ = live
     before = time.time_ns()
 
@@ -98,7 +104,7 @@ def test_answers_like_go_net_http_pprof(live):
 
 
 @pytest.mark.parametrize("bad", ["abc", "0", "-1", "1.5", "3601", ""])
-def test_bad_seconds_is_a_400_with_the_reason(live, bad):
+def test_bad_seconds_is_a_400_with_the_reason(live: tuple[PprofSink, Feeder], bad: str) -> None:
     consumer, _ = live
 
     with pytest.raises(urllib.error.HTTPError) as refused:
@@ -110,7 +116,7 @@ def test_bad_seconds_is_a_400_with_the_reason(live, bad):
     assert reason.startswith("bad seconds ") and reason.endswith("want a whole number of seconds from 1 to 3600\n")
 
 
-def test_other_paths_are_404_naming_the_one_served(live):
+def test_other_paths_are_404_naming_the_one_served(live: tuple[PprofSink, Feeder]) -> None:
     consumer, _ = live
     base = url(consumer).removesuffix("/debug/pprof/profile")
 
@@ -121,12 +127,12 @@ def test_other_paths_are_404_naming_the_one_served(live):
     assert missing.value.read().decode() == "not found: antiprof serves /debug/pprof/profile?seconds=N only\n"
 
 
-def test_no_seconds_means_go_default_of_30():
+def test_no_seconds_means_go_default_of_30() -> None:
     assert parse_seconds(None) == (DEFAULT_SECONDS, "") == (30, "")
     assert parse_seconds(["7"]) == (7, "")
 
 
-def test_stopping_the_agent_answers_a_waiting_request_at_once(live):
+def test_stopping_the_agent_answers_a_waiting_request_at_once(live: tuple[PprofSink, Feeder]) -> None:
     consumer, feeder = live
     answer: list[bytes] = []
     request = threading.Thread(
@@ -146,7 +152,7 @@ def test_stopping_the_agent_answers_a_waiting_request_at_once(live):
     assert profile.sample  # what arrived before the stop
 
 
-def test_a_fifth_concurrent_request_is_503(live):
+def test_a_fifth_concurrent_request_is_503(live: tuple[PprofSink, Feeder]) -> None:
     consumer, _ = live
     answers: list[tuple[int, bytes]] = []
 
@@ -167,7 +173,7 @@ def test_a_fifth_concurrent_request_is_503(live):
 
 
 @pytest.mark.parametrize("host", ["[::1]", "localhost"])
-def test_ipv6_loopback_and_localhost_serve_too(host):
+def test_ipv6_loopback_and_localhost_serve_too(host: str) -> None:
     consumer = make_consumer(antiprof_pprof, "pprof", {"output_dir": "", "http_address": f"{host}:0"})
     assert isinstance(consumer, PprofSink) and consumer.endpoint is not None
     consumer.start()

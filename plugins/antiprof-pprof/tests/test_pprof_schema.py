@@ -28,14 +28,14 @@ def generate(into: Path) -> None:
         raise RuntimeError(f"protoc failed on {PACKAGE / 'profile.proto'} (status {status})")
 
 
-def test_generated_module_matches_the_proto(tmp_path):
+def test_generated_module_matches_the_proto(tmp_path: Path) -> None:
     generate(tmp_path)
     for name in GENERATED:
         fresh, committed = (tmp_path / PACKAGE.name / name).read_text(), (PACKAGE / name).read_text()
         assert fresh == committed, f"{name} is stale: run python {Path(__file__)}"
 
 
-def test_schema_has_the_field_numbers_readers_expect():
+def test_schema_has_the_field_numbers_readers_expect() -> None:
     """The wire contract, spelled out: a renumbered field would decode as garbage in go tool pprof."""
     from antiprof_pprof import profile_pb2
 

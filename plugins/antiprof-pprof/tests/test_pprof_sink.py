@@ -6,11 +6,13 @@ import gzip
 import os
 import stat
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 import antiprof_pprof
 from antiprof_core.config import ConfigError
+from antiprof_core.model import ProfileWindow
 from antiprof_core.sources.synthetic import synthetic_window
 from antiprof_core.testing import make_consumer, run_consumer, small_tmpfs
 from antiprof_pprof import PprofSink, PprofWriteError, profile_pb2
@@ -19,20 +21,20 @@ START = 1_700_000_000_000_000_000
 SECOND = 1_000_000_000
 
 
-def windows(count: int, stacks: int = 50, step: int = 10 * SECOND) -> list:
+def windows(count: int, stacks: int = 50, step: int = 10 * SECOND) -> list[ProfileWindow]:
     return [
         synthetic_window(stacks=stacks, seed=index + 1, start_ns=START + index * step, duration_ns=step)
         for index in range(count)
     ]
 
 
-def sink(options: dict) -> PprofSink:
+def sink(options: dict[str, Any]) -> PprofSink:
     consumer = make_consumer(antiprof_pprof, "pprof", options)
     assert isinstance(consumer, PprofSink)
     return consumer
 
 
-def test_one_readable_private_file_per_window(tmp_path):
+def test_one_readable_private_file_per_window(tmp_path: Path) -> None:
     out = tmp_path / "pprof"
     written = windows(3)
 
@@ -53,7 +55,7 @@ def test_one_readable_private_file_per_window(tmp_path):
     assert isinstance(consumer, PprofSink) and len(consumer.files_written) == 3
 
 
-def test_windows_in_the_same_second_get_their_own_files(tmp_path):
+def test_windows_in_the_same_second_get_their_own_files(tmp_path: Path) -> None:
     out = tmp_path / "pprof"
 
     run_consumer(sink({"output_dir": str(out)}), windows(3, step=SECOND // 4))
@@ -65,7 +67,7 @@ def test_windows_in_the_same_second_get_their_own_files(tmp_path):
     ]
 
 
-def test_retention_keeps_the_newest_files_and_leaves_others_alone(tmp_path):
+def test_retention_keeps_the_newest_files_and_leaves_others_alone(tmp_path: Path) -> None:
     out = tmp_path / "pprof"
     out.mkdir(mode=0o700)
     (out / "notes.txt").write_text("mine")
@@ -81,7 +83,7 @@ def test_retention_keeps_the_newest_files_and_leaves_others_alone(tmp_path):
     ]
 
 
-def test_retention_by_total_size_never_removes_the_newest(tmp_path):
+def test_retention_by_total_size_never_removes_the_newest(tmp_path: Path) -> None:
     out = tmp_path / "pprof"
     big = windows(4, stacks=400)
     one_file = len(antiprof_pprof.encode_profile([big[0]]))
@@ -93,7 +95,7 @@ def test_retention_by_total_size_never_removes_the_newest(tmp_path):
     assert len(list(out.iterdir())) == 1
 
 
-def test_windows_without_samples_write_nothing(tmp_path):
+def test_windows_without_samples_write_nothing(tmp_path: Path) -> None:
     out = tmp_path / "pprof"
     empty = synthetic_window(stacks=0, start_ns=START)
 
@@ -102,7 +104,7 @@ def test_windows_without_samples_write_nothing(tmp_path):
     assert list(out.iterdir()) == []
 
 
-def test_a_symlink_instead_of_the_directory_is_refused_then_the_sink_recovers(tmp_path):
+def test_a_symlink_instead_of_the_directory_is_refused_then_the_sink_recovers(tmp_path: Path) -> None:
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     out = tmp_path / "pprof"
@@ -125,7 +127,7 @@ def test_a_symlink_instead_of_the_directory_is_refused_then_the_sink_recovers(tm
     assert [p.name for p in out.iterdir()] == ["antiprof-synthetic-host-20231114T221330Z.pb.gz"]
 
 
-def test_a_full_disk_costs_one_window_and_leaves_no_partial_file(tmp_path):
+def test_a_full_disk_costs_one_window_and_leaves_no_partial_file(tmp_path: Path) -> None:
     with small_tmpfs(tmp_path / "full", size="64k") as mount:
         out = mount / "pprof"
         consumer = sink({"output_dir": str(out)})
@@ -153,14 +155,14 @@ def test_a_full_disk_costs_one_window_and_leaves_no_partial_file(tmp_path):
         ({"max_files": 0}, "consumers.pprof.max_files: must be between 1 and 10000000, got 0"),
     ],
 )  # fmt: skip
-def test_bad_config_is_one_line_naming_the_field(options, message):
+def test_bad_config_is_one_line_naming_the_field(options: dict[str, Any], message: str) -> None:
     with pytest.raises(ConfigError) as error:
         sink(options)
 
     assert error.value.lines() == [message]
 
 
-def test_a_taken_port_is_a_start_up_error_naming_the_address():
+def test_a_taken_port_is_a_start_up_error_naming_the_address() -> None:
     import socket
 
     with socket.socket() as taken:
@@ -173,7 +175,7 @@ def test_a_taken_port_is_a_start_up_error_naming_the_address():
     assert str(error.value).endswith(f"http_address: cannot listen on 127.0.0.1:{port}: Address already in use")
 
 
-def test_files_are_never_written_through_a_planted_symlink(tmp_path):
+def test_files_are_never_written_through_a_planted_symlink(tmp_path: Path) -> None:
     out = tmp_path / "pprof"
     out.mkdir(mode=0o700)
     target = tmp_path / "victim"
@@ -190,7 +192,7 @@ def test_files_are_never_written_through_a_planted_symlink(tmp_path):
     ]  # fmt: skip
 
 
-def test_config_show_lists_the_defaults(tmp_path):
+def test_config_show_lists_the_defaults(tmp_path: Path) -> None:
     config = sink({}).config
     assert (config.output_dir, config.max_files, config.max_total_size, config.http_address) == (
         "/var/lib/antiprof/pprof", 8640, 1 << 30, "",
