@@ -10,11 +10,8 @@ import collections
 import contextlib
 import errno
 import os
-import weakref
 from collections.abc import Iterator
 from pathlib import Path
-
-from prometheus_client import CollectorRegistry, Counter
 
 from antiprof_core.consumer import Consumer, ConsumerContext
 from antiprof_core.model import ProfileWindow
@@ -29,30 +26,6 @@ _COMPACT_LABELS_OVER = 500_000  # and over 4x the labels the span still uses
 
 class FlameGraphWriteError(Exception):
     """A file could not be written; the message names it."""
-
-
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.files = Counter(
-            "antiprof_flamegraph_files_written", "Flame graph files written", ["consumer", "format"], registry=registry
-        )
-        self.failed = Counter(
-            "antiprof_flamegraph_write_errors",
-            "Flame graph files not written (disk full, permissions)",
-            ["consumer"],
-            registry=registry,
-        )
-
-
-_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
-
-
-def _metrics(registry: CollectorRegistry) -> _Metrics:
-    """One set of metric families per registry, shared by every flamegraph consumer in it."""
-    found = _metrics_by_registry.get(registry)
-    if found is None:
-        found = _metrics_by_registry[registry] = _Metrics(registry)
-    return found
 
 
 class _Window:
@@ -75,9 +48,11 @@ class FlameGraphSink(Consumer):
         self.span_counts: Folded = {}  # the sum of recent windows' paths, kept up to date
         self.files_written: list[Path] = []
         self._target = self.directory
-        metrics = _metrics(context.metrics)
-        self._files_metric = {f: metrics.files.labels(context.name, f.value) for f in config.formats}
-        self._failed_metric = metrics.failed.labels(context.name)
+        written = context.counter("antiprof_flamegraph_files_written", "Flame graph files written", "format")
+        self._files_metric = {f: written.labels(f.value) for f in config.formats}
+        self._failed_metric = context.counter(
+            "antiprof_flamegraph_write_errors", "Flame graph files not written (disk full, permissions)"
+        ).labels()
 
     def start(self) -> None:
         try:

@@ -7,10 +7,7 @@ before the file is written, so a full disk never starves a ``go tool pprof`` wai
 
 from __future__ import annotations
 
-import weakref
 from pathlib import Path
-
-from prometheus_client import CollectorRegistry, Counter
 
 from antiprof_core.consumer import Consumer, ConsumerContext
 from antiprof_core.model import ProfileWindow
@@ -22,31 +19,6 @@ from antiprof_pprof.files import ProfileFiles
 
 class PprofWriteError(Exception):
     """One window's file could not be written; the message names the path."""
-
-
-class _Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
-        self.windows = Counter(
-            "antiprof_pprof_files_written", "pprof files written, one per window", ["consumer"], registry=registry
-        )
-        self.failed = Counter(
-            "antiprof_pprof_files_failed", "Windows whose pprof file could not be written", ["consumer"],
-            registry=registry,
-        )  # fmt: skip
-        self.bytes = Counter(
-            "antiprof_pprof_bytes_written", "Bytes of gzip'd pprof written", ["consumer"], registry=registry
-        )
-
-
-_metrics_by_registry: weakref.WeakKeyDictionary[CollectorRegistry, _Metrics] = weakref.WeakKeyDictionary()
-
-
-def _metrics(registry: CollectorRegistry) -> _Metrics:
-    """One set of metric families per registry, shared by every pprof consumer in it."""
-    found = _metrics_by_registry.get(registry)
-    if found is None:
-        found = _metrics_by_registry[registry] = _Metrics(registry)
-    return found
 
 
 class PprofSink(Consumer):
@@ -64,10 +36,13 @@ class PprofSink(Consumer):
         self.endpoint = ProfileEndpoint(config.http_address, self.live, context.logger) if config.http_address else None
         self.files_written: list[Path] = []
         self.windows_failed = 0
-        metrics = _metrics(context.metrics)
-        self._written_metric = metrics.windows.labels(context.name)
-        self._failed_metric = metrics.failed.labels(context.name)
-        self._bytes_metric = metrics.bytes.labels(context.name)
+        self._written_metric = context.counter(
+            "antiprof_pprof_files_written", "pprof files written, one per window"
+        ).labels()
+        self._failed_metric = context.counter(
+            "antiprof_pprof_files_failed", "Windows whose pprof file could not be written"
+        ).labels()
+        self._bytes_metric = context.counter("antiprof_pprof_bytes_written", "Bytes of gzip'd pprof written").labels()
 
     def start(self) -> None:
         if self.endpoint is not None:
