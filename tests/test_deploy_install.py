@@ -15,6 +15,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -24,6 +25,7 @@ import pytest
 
 from antiprof_core.testing import require_bpf
 from antiprof_core.testing.agent import READY_TIMEOUT, wait_until
+from antiprof_core.testing.workloads import started
 
 pytestmark = pytest.mark.bpf
 
@@ -154,8 +156,12 @@ def test_install_verify_start_and_uninstall(layout: Layout) -> None:
 
 
 def produced_a_window(port: int, perf_dir: Path) -> None:
+    """Ready, then a window with samples on disk. A busy loop makes sure there are samples: on an
+    idle machine a 1 s window at 19 Hz may hold none, and the sink writes no sample-less file."""
     wait_until(lambda: status(port, "/readyz")[0] == 200, timeout=READY_TIMEOUT, what="/readyz")
-    wait_until(lambda: windows_total(status(port, "/metrics")[1]) >= 1, timeout=60, what="a window")
+    with started(sys.executable, "-c", "while True: pass"):
+        wait_until(lambda: windows_total(status(port, "/metrics")[1]) >= 1, timeout=60, what="a window")
+        wait_until(lambda: any(perf_dir.glob("*.perf.data")), timeout=60, what="a perf.data file")
     assert status(port, "/healthz")[0] == 200
 
 
