@@ -23,7 +23,7 @@ from attrs import field, frozen
 from cattrs.errors import ClassValidationError, ForbiddenExtraKeysError, IterableValidationError
 
 from antiprof_core.consumer import ConsumerType
-from antiprof_core.model import SamplingMode
+from antiprof_core.model import SamplingMode, Unwinder
 from antiprof_core.sources import SourceType, builtin_sources
 from antiprof_core.units import (
     MAX_SIZE_BYTES,
@@ -142,7 +142,10 @@ class SamplerConfig:
     include_idle: bool = False
     max_stack_depth: int = field(default=127, validator=between(1, 127))
     max_stacks: int = field(default=0, validator=between(0, 10_000_000))  # 0: sized from frequency x CPUs x window
+    unwinder: Unwinder = Unwinder.AUTO
     unwind_cache_dir: str = "/var/cache/antiprof/unwind"  # native unwind tables by build ID (0700); "": no cache
+    unwind_table_rows: int = field(default=1 << 20, validator=between(1024, 1 << 26))  # 16 bytes of kernel memory each
+    unwind_processes: int = field(default=4096, validator=between(16, 1 << 20))  # processes walked with tables
     synthetic: SyntheticConfig = field(factory=SyntheticConfig)
     replay: ReplayConfig = field(factory=ReplayConfig)
 

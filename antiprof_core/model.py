@@ -29,6 +29,15 @@ class SamplingMode(enum.Enum):
     TRACE = "trace"
 
 
+class Unwinder(enum.Enum):
+    """How user stacks are walked: ``dwarf`` with the files' unwind tables (.eh_frame), ``frame-pointer``
+    by following rbp, ``auto`` tables where a file has them and frame pointers elsewhere."""
+
+    AUTO = "auto"
+    FRAME_POINTER = "frame-pointer"
+    DWARF = "dwarf"
+
+
 @frozen
 class Mapping:
     """An executable region of a process's address space (or the kernel's text)."""
