@@ -25,8 +25,10 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
+
 from antiprof_core.config import SamplerConfig
-from antiprof_core.model import Host, ProfileWindow, SamplingMode
+from antiprof_core.model import Host, ProfileWindow, SamplingMode, Unwinder
 from antiprof_core.sources import SourceUnavailable
 from antiprof_core.sources.bpf import syscalls
 from antiprof_core.sources.bpf.availability import bpf_unavailable_reason
@@ -43,8 +45,10 @@ from antiprof_core.sources.bpf.program import (
     decode_stacks,
     kernel_memory_bytes,
     map_names,
+    native_unwinder,
     online_cpus,
     stack_map_size,
+    tail_calls,
 )
 from antiprof_core.sources.bpf.window import RawSample, build_window, overflow_warning
 from antiprof_core.symbolize.symbolizer import Symbolizer
@@ -98,6 +102,11 @@ class BpfSampler:
     def cflags(self) -> list[str]:
         return cflags(self.config, self.max_stacks, self.cpus)
 
+    def _compile(self) -> Compilation:
+        return Compilation(
+            self.program_text, self.cflags(), PROGRAM_FUNCTION, map_names(self.config), tail_calls(self.config)
+        )
+
     def start(self) -> None:
         """Compile apart, attach on every online CPU; returns when sampling has begun."""
         reason = bpf_unavailable_reason()
@@ -107,7 +116,7 @@ class BpfSampler:
         self.logger.info(
             "compiling the BPF program in a child process (BCC and LLVM stay there: about 175 MiB for a few seconds)"
         )
-        compilation = Compilation(self.program_text, self.cflags(), PROGRAM_FUNCTION, map_names(self.config))
+        compilation = self._compile()
         # Meanwhile, what needs no program: the perf events (opened disabled) and the kernel's symbols.
         try:
             self._events_fds = [syscalls.open_cpu_clock(cpu, self.config.frequency_hz) for cpu in self.online]
@@ -118,7 +127,18 @@ class BpfSampler:
         if self.config.kernel_stacks:
             self.symbolizer.kernel_frame(0, True)  # reads kallsyms now, while the child compiles
         try:
-            program, diagnostics = compilation.result()
+            try:
+                program, diagnostics = compilation.result()
+            except SourceUnavailable as exc:
+                if self.config.unwinder is not Unwinder.AUTO or not native_unwinder(self.config):
+                    raise
+                # "auto" asks for the best walk the kernel allows: without the native unwinder
+                # (no BTF for bpf_task_pt_regs, a verifier that refuses it), frame pointers.
+                self.logger.warning(
+                    "the native unwinder cannot be loaded (%s); walking user stacks by frame pointers", exc
+                )
+                self.config = attrs.evolve(self.config, unwinder=Unwinder.FRAME_POINTER)
+                program, diagnostics = self._compile().result()
         except SourceUnavailable:
             self._close_events()
             raise
@@ -142,13 +162,14 @@ class BpfSampler:
         self.attached_seconds = time.monotonic() - started
         self.logger.info(
             "sampling attached in %.2f s (compile %.2f s, compiler child peak %.0f MiB): %d CPUs at %d Hz"
-            " (%s mode); %d stacks per map set (%.0f MiB of kernel memory)",
+            " (%s mode, user stacks by %s); %d stacks per map set (%.0f MiB of kernel memory)",
             self.attached_seconds,
             program.compile_seconds,
             program.compiler_peak_bytes / MIB,
             self.cpus,
             self.config.frequency_hz,
             self.config.mode.value,
+            "unwind tables, else frame pointers" if native_unwinder(self.config) else "frame pointers",
             self.max_stacks,
             kernel_memory_bytes(self.config, self.max_stacks) / MIB,
         )
