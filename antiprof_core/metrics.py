@@ -31,7 +31,9 @@ class SamplerMetrics:
             "antiprof_stack_errors", "Stacks that could not be walked, by kind", ["kind"], registry=registry
         )
         self.unwind_tables = Counter(
-            "antiprof_unwind_tables", "Native unwind tables loaded, evicted and refused, by kind", ["kind"],
+            "antiprof_unwind_tables",
+            "Native unwind tables loaded, evicted and refused, by kind",
+            ["kind"],
             registry=registry,
         )
 

@@ -136,8 +136,11 @@ class NativeUnwindMaps:
             for tgid in [tgid for tgid in self._processes if tgid not in live]:
                 self._forget(tgid)
             loaded = self._rows.loaded_files
-            if freed and self._rows.waiting:
-                self._wake.set()
+            retry = bool(freed) and self._rows.waiting
+        if retry:  # rows freed: the files waiting for room are placed now
+            with self._queue_lock:
+                self._idle.clear()
+            self._wake.set()
         if loaded and not self._logged_first_load:
             self._logged_first_load = True
             self._logger.info("%s", self.summary())
