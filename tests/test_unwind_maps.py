@@ -356,6 +356,31 @@ def test_exit_deletes_the_entry_and_frees_the_run(maps_factory, spawn) -> None: 
     assert maps.unwind.totals()["files_loaded"] == len(executable_files(third.pid))  # tables stayed loaded
 
 
+def test_a_library_loaded_later_is_added_when_the_process_is_sampled(maps_factory) -> None:  # type: ignore[no-untyped-def]
+    maps = maps_factory()
+    code = "import sys; print('ready', flush=True); sys.stdin.readline(); import _decimal; print('loaded', flush=True)"
+    process = subprocess.Popen(
+        [PYTHON, "-c", code + "; sys.stdin.readline()"], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert process.stdout is not None and process.stdin is not None
+        assert process.stdout.readline().strip() == "ready"
+        maps.plan(process.pid)
+        before = len(maps.mappings(process.pid))
+        process.stdin.write("\n")
+        process.stdin.flush()
+        assert process.stdout.readline().strip() == "loaded"
+        decimal = next(e for e in executable_files(process.pid) if "_decimal" in e.path)
+        maps.unwind.on_window(sampled=[process.pid])
+        maps.unwind.on_window(sampled=[process.pid])  # REFRESH_WINDOWS later: its mappings are read again
+        assert maps.unwind.wait_idle(READY_SECONDS)
+        runs = maps.mappings(process.pid)
+        assert len(runs) == before + 1 and decimal.start in [start for start, *_ in runs]
+    finally:
+        process.kill()
+        process.wait()
+
+
 # --- caps, eviction, refusals -----------------------------------------------------------------
 
 

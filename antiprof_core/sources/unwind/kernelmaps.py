@@ -50,6 +50,7 @@ COUNTER_NAMES = (
     "mappings_left_out",  # beyond MAX_PROCESS_MAPPINGS in one process, or a file refused
 )
 IDLE_SECONDS = 0.5  # the planner's sleep when nothing wakes it
+REFRESH_WINDOWS = 2  # a sampled process's mappings are read again this often (dlopen, exec)
 MIB = 1024 * 1024
 
 
@@ -61,6 +62,7 @@ class _Process:
     count: int = 0
     dirty: bool = True  # the run in the map is not what its files' states say
     sampled: int = 0  # the last window it had samples in
+    checked: int = 0  # the window its mappings were last read in
     keys: set[str] = field(factory=set)
 
 
@@ -127,19 +129,24 @@ class NativeUnwindMaps:
             self._window += 1
             freed = self._rows.ranges.advance()
             self._mapping_ranges.advance()
+            refresh = []
             for tgid in sampled:
                 process = self._processes.get(tgid)
                 if process is not None:
                     process.sampled = self._window
                     for key in process.keys:
                         self._rows.touch(key, self._window)
+                    if self._window - process.checked >= REFRESH_WINDOWS:  # a library loaded since, or an exec
+                        process.checked = self._window
+                        refresh.append(tgid)
             for tgid in [tgid for tgid in self._processes if tgid not in live]:
                 self._forget(tgid)
             loaded = self._rows.loaded_files
             retry = bool(freed) and self._rows.waiting
-        if retry:  # rows freed: the files waiting for room are placed now
+        if retry or refresh:  # rows freed: the files waiting for room are placed now
             with self._queue_lock:
                 self._idle.clear()
+                self._queue.extend(refresh)
             self._wake.set()
         if loaded and not self._logged_first_load:
             self._logged_first_load = True
@@ -239,7 +246,7 @@ class NativeUnwindMaps:
             self._counts["mappings_left_out"] += len(mappings) - MAX_PROCESS_MAPPINGS
             mappings = mappings[:MAX_PROCESS_MAPPINGS]
         if process is None:
-            process = self._processes[tgid] = _Process(tgid, mappings)
+            process = self._processes[tgid] = _Process(tgid, mappings, checked=self._window)
         elif _layout(process.mappings) == _layout(mappings):  # announced again, nothing moved
             return
         keys = {mapping.file.key for mapping in mappings}
