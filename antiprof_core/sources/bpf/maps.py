@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 import struct
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -140,7 +141,8 @@ class ArrayMap:
             count = min(total - done, WRITE_BATCH)
             chunk = view[done * size : (done + count) * size]
             if batched:
-                keys = (ct.c_uint32 * count)(*range(first + done, first + done + count))
+                indices = array("I", range(first + done, first + done + count))
+                keys = (ct.c_uint32 * count).from_buffer(indices)
                 buffer = (ct.c_char * len(chunk)).from_buffer_copy(chunk)
                 try:
                     written = syscalls.update_batch(self.info.fd, keys, buffer, count)
