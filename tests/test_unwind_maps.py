@@ -9,6 +9,7 @@ import ctypes as ct
 import itertools
 import logging
 import os
+import re
 import shutil
 import struct
 import subprocess
@@ -28,7 +29,7 @@ from antiprof_core.sources.unwind.kernelmaps import NativeUnwindMaps
 from antiprof_core.sources.unwind.layout import UNWIND_MAPPING, UNWIND_PROCESS, UNWIND_ROW, kernel_rows
 from antiprof_core.sources.unwind.ranges import RangeAllocator
 from antiprof_core.sources.unwind.rows import CfaKind, RbpKind, Row
-from antiprof_core.sources.unwind.walker import process_resolver
+from antiprof_core.sources.unwind.walker import Registers, process_resolver, walk
 from antiprof_core.sources.unwind.worker import UnwindTableBuilder
 from antiprof_core.symbolize.elf import read_elf
 from antiprof_core.symbolize.procfs import read_maps
@@ -330,6 +331,95 @@ def test_map_lookup_agrees_with_the_reference_resolver(maps_factory, spawn, tmp_
                     assert expected is not None and same_rule(got, expected), f"{entry.path} at {pc:#x}"
                     checked += 1
         assert checked > 10_000
+
+
+WALK_SOURCE = r"""
+#include <stdlib.h>
+volatile unsigned long sink;
+__attribute__((noinline)) unsigned long alpha(unsigned long n) {
+    for (;;) { n = n * 6364136223846793005UL + 1; sink = n; }
+}
+__attribute__((noinline)) static int compare(const void *a, const void *b) {
+    sink += alpha(*(const int *)a);
+    return *(const int *)a - *(const int *)b;
+}
+__attribute__((noinline)) int middle(void) {
+    int values[64];
+    for (int i = 0; i < 64; i++) values[i] = 64 - i;
+    qsort(values, 64, sizeof values[0], compare);
+    return values[0];
+}
+int main(void) { int r = middle(); sink = r; return 0; }
+"""
+_GDB_FRAME = re.compile(r"^#(\d+)\s+0x([0-9a-f]+) in (\S+)")
+
+
+class MapTable:
+    """The rows of one mapping as read from the map, with UnwindTable's ``lookup`` (relative pcs)."""
+
+    def __init__(self, walker: MapWalker, pc_in_mapping: int) -> None:
+        self._walker = walker
+        self._bias = next(m[2] for m in walker.mappings if m[0] <= pc_in_mapping < m[1])
+
+    def lookup(self, relative: int) -> Row | None:
+        return self._walker.lookup((relative + self._bias) % (1 << 64))
+
+
+def test_a_walk_over_the_map_bytes_alone_gives_gdbs_backtrace(maps_factory, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    """The reference walker stepping with nothing but the maps' bytes (a -O2 -fomit-frame-pointer
+    program inside libc's qsort, stopped by gdb) finds every frame gdb shows, down to main."""
+    if shutil.which("gdb") is None:
+        pytest.skip("gdb is not installed (scripts/setup-system.sh)")
+    source = tmp_path / "walk.c"
+    source.write_text(WALK_SOURCE)
+    binary = tmp_path / "walk"
+    subprocess.run(["gcc", "-O2", "-fomit-frame-pointer", "-o", str(binary), str(source)], check=True)
+    maps = maps_factory()
+    process = subprocess.Popen([str(binary)])
+    try:
+        deadline = time.monotonic() + READY_SECONDS
+        while len(executable_files(process.pid)) < 3 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        maps.plan(process.pid)
+        walker = MapWalker(maps, process.pid)
+
+        def resolve(pc: int) -> tuple[MapTable, int] | None:
+            index = bisect.bisect_right(walker.starts, pc) - 1
+            if index < 0 or pc >= walker.mappings[index][1] or not walker.mappings[index][4]:
+                return None
+            return MapTable(walker, pc), (pc - walker.mappings[index][2]) % (1 << 64)
+
+        stack = next(entry for entry in read_maps(process.pid) if entry.path == "[stack]")
+        dump = tmp_path / "stack.bin"
+        while True:  # attach until gdb stops it inside alpha (it gets there at once)
+            output = subprocess.run(
+                ["gdb", "-batch", "-nx", "-p", str(process.pid), "-ex", "set debuginfod enabled off",
+                 "-ex", "info registers rip rsp rbp", "-ex", "bt",
+                 "-ex", f"dump binary memory {dump} $rsp {stack.end:#x}"],
+                capture_output=True, text=True, timeout=120,
+            ).stdout  # fmt: skip
+            frames = [(int(m.group(2), 16), m.group(3)) for m in map(_GDB_FRAME.match, output.splitlines()) if m]
+            if frames and frames[0][1] == "alpha":
+                break
+            assert time.monotonic() < deadline, output
+        registers = dict(re.findall(r"^(rip|rsp|rbp)\s+0x([0-9a-f]+)", output, re.MULTILINE))
+        rsp = int(registers["rsp"], 16)
+        memory = dump.read_bytes()
+
+        def read(address: int) -> int | None:
+            offset = address - rsp
+            return int.from_bytes(memory[offset : offset + 8], "little") if 0 <= offset <= len(memory) - 8 else None
+
+        start = Registers(int(registers["rip"], 16), rsp, int(registers["rbp"], 16))
+        pcs, reason = walk(start, resolve, read)  # type: ignore[arg-type]
+        names = [name for _, name in frames]
+        assert {"compare", "middle", "main"} <= set(names), names
+        assert pcs[: len(frames)] == [pc for pc, _ in frames], (names, [hex(pc) for pc in pcs])
+        assert reason == "outermost", reason  # on past main to _start, where the return address is undefined
+        assert len(pcs) >= len(frames)
+    finally:
+        process.kill()
+        process.wait()
 
 
 def test_exit_deletes_the_entry_and_frees_the_run(maps_factory, spawn) -> None:  # type: ignore[no-untyped-def]
