@@ -603,3 +603,54 @@ def test_unwind_counters_reach_prometheus() -> None:
     metrics.record(Counters(unwind_tables={"files_loaded": 2}))
     assert registry.get_sample_value("antiprof_unwind_tables_total", {"kind": "files_loaded"}) == 5
     assert registry.get_sample_value("antiprof_unwind_tables_total", {"kind": "evictions"}) == 1
+
+
+def test_the_sampler_fills_the_unwind_maps_and_reports_their_counters(spawn) -> None:  # type: ignore[no-untyped-def]
+    """BpfSampler wired to real maps of the program's layout (made here, no BCC; no program runs):
+    a newly announced process gets its entry, the window carries the unwind counters, close ends it."""
+    require_bpf()
+    import threading
+
+    from antiprof_core.sources.bpf.loader import LoadedProgram
+    from antiprof_core.sources.bpf.program import COUNTER_NAMES, SAMPLE_KEY
+    from antiprof_core.sources.bpf.sampler import BpfSampler
+    from antiprof_core.testing import synthetic_host
+
+    config = SamplerConfig(unwind_cache_dir="")
+    infos = {
+        "active_set": create_map("active_set", syscalls.MAP_TYPE_ARRAY, 4, 4, 1),
+        "counters": create_map("counters", syscalls.MAP_TYPE_PERCPU_ARRAY, 4, 8, 2 * len(COUNTER_NAMES)),
+        "known_tgids": create_map("known_tgids", syscalls.MAP_TYPE_LRU_HASH, 4, 1, 64),
+        "new_tgids": create_map("new_tgids", syscalls.MAP_TYPE_RINGBUF, 0, 0, 4 * 4096),
+        "unwind_rows": create_map("unwind_rows", syscalls.MAP_TYPE_ARRAY, 4, UNWIND_ROW.size, 1 << 18),
+        "unwind_mappings": create_map("unwind_mappings", syscalls.MAP_TYPE_ARRAY, 4, UNWIND_MAPPING.size, 32 * 64),
+        "unwind_processes": create_map("unwind_processes", syscalls.MAP_TYPE_HASH, 4, UNWIND_PROCESS.size, 64),
+    }
+    for name in ("stacks0", "stacks1"):
+        infos[name] = create_map(name, syscalls.MAP_TYPE_HASH, 8, 8 * (config.max_stack_depth + 1), 64)
+    for name in ("counts0", "counts1"):
+        infos[name] = create_map(name, syscalls.MAP_TYPE_HASH, SAMPLE_KEY.size, 8, 64)
+    program = LoadedProgram(os.dup(infos["active_set"].fd), infos, 0.0, 0)
+    sampler = BpfSampler(config, synthetic_host(), log)
+    sampler._program = program  # what start() does once the child has loaded the program
+    sampler._open_maps(program)
+    sampler._poll_thread = threading.Thread(target=sampler._poll, daemon=True)
+    sampler._poll_thread.start()
+    try:
+        unwind = sampler._unwind_maps
+        assert unwind is not None
+        process = python_ready(spawn)
+        sampler._on_new_tgid(struct.pack("<I", process.pid))  # as the new_tgids ring buffer delivers it
+        deadline = time.monotonic() + READY_SECONDS
+        value = (ct.c_char * UNWIND_PROCESS.size)()
+        while not syscalls.lookup(infos["unwind_processes"].fd, ct.c_uint32(process.pid), value):
+            assert time.monotonic() < deadline, "the process never got an unwind entry"
+            time.sleep(0.05)
+        window = sampler.collect()
+        files = len(executable_files(process.pid))
+        assert window.counters.unwind_tables["files_loaded"] == files
+        assert window.counters.unwind_tables["rows_loaded"] > 100_000
+        assert sampler.collect().counters.unwind_tables["files_loaded"] == 0  # a window's share, not a total
+    finally:
+        sampler.close()
+    assert sampler._unwind_maps is None
