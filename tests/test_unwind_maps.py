@@ -489,51 +489,61 @@ def test_table_larger_than_the_map_is_refused_and_counted(maps_factory, spawn) -
 def test_full_rows_evict_unused_files_first_then_least_recently_sampled(  # type: ignore[no-untyped-def]
     maps_factory, spawn, tmp_path
 ) -> None:
-    workload = build_two_function_workload(tmp_path)
-    first = spawn(workload, ready_line=False)
-    deadline = time.monotonic() + READY_SECONDS
-    while len(executable_files(first.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
-    files = {entry.path: table_rows(entry.path) for entry in executable_files(first.pid)}
-    other = tmp_path / "other"
-    shutil.copy(workload, other)
-    with open(other, "ab") as out:  # another build ID: a new file to load
-        out.write(b"\0")
-    compile_c(Path(workload.with_suffix(".c")).read_text().replace("20", "21"), other)
-    maps = maps_factory(rows=sum(files.values()) + 10)
+    """Three builds of one small program share libc and ld.so; the rows hold two of them. A file no
+    live process maps gives way before an older one in use; then the least recently sampled file
+    in use gives way, and its process is rewritten to walk it with frame pointers."""
+    source = Path(build_two_function_workload(tmp_path / "one")).with_suffix(".c").read_text()
+    binaries = [tmp_path / "one" / "two_functions"]
+    for number in (2, 3):  # other build IDs: new files to load
+        binaries.append(compile_c(source + f"\nint build_number_{number} = {number};\n", tmp_path / f"build{number}"))
+
+    def start(binary: Path) -> subprocess.Popen[str]:
+        process: subprocess.Popen[str] = spawn(binary, ready_line=False)
+        deadline = time.monotonic() + READY_SECONDS
+        while len(executable_files(process.pid)) < 3 and time.monotonic() < deadline:  # libc and ld.so mapped
+            time.sleep(0.01)
+        return process
+
+    def starts(process: subprocess.Popen[str]) -> list[int]:
+        return [start for start, *_ in maps.mappings(process.pid)]
+
+    def binary_start(process: subprocess.Popen[str], binary: Path) -> int:
+        start: int = next(e.start for e in executable_files(process.pid) if e.path == str(binary))
+        return start
+
+    first = start(binaries[0])
+    rows = {entry.path: table_rows(entry.path) for entry in executable_files(first.pid)}
+    own_rows = rows[str(binaries[0])]
+    maps = maps_factory(rows=sum(rows.values()) + own_rows + own_rows // 2)  # libc, ld.so and two builds
     maps.plan(first.pid)
-    assert len(maps.mappings(first.pid)) == len(files)
     maps.unwind.on_window(sampled=[first.pid])
-
-    # an in-use file gives way when nothing else can: the least recently sampled (the first binary)
-    second = spawn(other, ready_line=False)
-    while len(executable_files(second.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    second = start(binaries[1])
     maps.plan(second.pid)
-    assert maps.unwind.totals()["evictions"] == 1
-    first_starts = [start for start, *_ in maps.mappings(first.pid)]
-    workload_start = next(e.start for e in executable_files(first.pid) if e.path == str(workload))
-    assert workload_start not in first_starts and len(first_starts) == len(files) - 1  # rewritten without it
-    assert len(maps.mappings(second.pid)) == len(files) - 1  # its own binary waits for the room to be freed
-    maps.unwind.on_window(sampled=[second.pid])
-    maps.unwind.on_window(sampled=[second.pid])
-    assert maps.unwind.wait_idle(READY_SECONDS)
-    assert len(maps.mappings(second.pid)) == len(files)
-    assert maps.unwind.totals()["files_loaded"] == len(files) + 1
+    assert len(starts(first)) == len(starts(second)) == 3
+    maps.unwind.on_window(sampled=[second.pid])  # the second build sampled more recently than the first
+    second.kill()
+    second.wait()
+    maps.unwind.on_window()  # the second is gone: its build is mapped by no one
 
-    # a file no live process maps gives way before any in use
-    first.kill()
-    first.wait()
-    maps.unwind.on_window()
-    third = spawn(workload, ready_line=False)
-    while len(executable_files(third.pid)) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+    third = start(binaries[2])
     maps.plan(third.pid)
-    maps.unwind.on_window()
-    maps.unwind.on_window()
+    assert maps.unwind.totals()["evictions"] == 1
+    assert binary_start(first, binaries[0]) in starts(first)  # the older file in use stayed
+    maps.unwind.on_window(sampled=[third.pid])
+    maps.unwind.on_window(sampled=[third.pid])  # the rows given up are free a window later
     assert maps.unwind.wait_idle(READY_SECONDS)
-    assert len(maps.mappings(third.pid)) == len(files)
-    assert len(maps.mappings(second.pid)) == len(files) - 1 or maps.unwind.totals()["evictions"] == 2
+    assert binary_start(third, binaries[2]) in starts(third)
+
+    fourth = start(binaries[1])
+    maps.plan(fourth.pid)
+    assert maps.unwind.totals()["evictions"] == 2
+    assert binary_start(first, binaries[0]) not in starts(first)  # least recently sampled: rewritten without it
+    assert len(starts(first)) == 2 and binary_start(third, binaries[2]) in starts(third)
+    maps.unwind.on_window(sampled=[fourth.pid])
+    maps.unwind.on_window(sampled=[fourth.pid])
+    assert maps.unwind.wait_idle(READY_SECONDS)
+    assert binary_start(fourth, binaries[1]) in starts(fourth)
+    assert maps.unwind.totals()["files_loaded"] == 6  # libc, ld.so, the three builds, the second again
 
 
 def test_processes_over_the_cap_are_refused_and_counted(maps_factory, spawn) -> None:  # type: ignore[no-untyped-def]
