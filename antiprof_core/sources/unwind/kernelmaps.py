@@ -140,7 +140,8 @@ class NativeUnwindMaps:
                         process.checked = self._window
                         refresh.append(tgid)
             for tgid in [tgid for tgid in self._processes if tgid not in live]:
-                self._forget(tgid)
+                if not procfs.alive(tgid, self._proc):  # not one planned after ``live`` was read
+                    self._forget(tgid)
             loaded = self._rows.loaded_files
             retry = bool(freed) and self._rows.waiting
         if retry or refresh:  # rows freed: the files waiting for room are placed now
