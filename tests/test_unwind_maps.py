@@ -664,3 +664,29 @@ def test_the_sampler_fills_the_unwind_maps_and_reports_their_counters(spawn) -> 
     finally:
         sampler.close()
     assert sampler._unwind_maps is None
+
+
+def test_program_headers_agree_with_pyelftools() -> None:
+    """The planner's own reader of build IDs and PT_LOAD segments gives what the symbolizer's gives."""
+    from antiprof_core.sources.unwind.elfheaders import ElfHeaderError, read_headers
+
+    libraries = sorted(Path("/usr/lib/x86_64-linux-gnu").glob("lib*.so.*"))[:40]
+    checked = 0
+    for path in [Path(PYTHON), Path("/usr/bin/sleep"), *libraries]:
+        if path.is_symlink() or not path.is_file():
+            continue
+        expected = read_elf(path)
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            headers = read_headers(fd, os.fstat(fd).st_size, str(path))
+        finally:
+            os.close(fd)
+        assert (headers.build_id, headers.segments) == (expected.build_id, expected.segments), path
+        checked += 1
+    assert checked >= 10
+    fd = os.open("/etc/passwd", os.O_RDONLY)
+    try:
+        with pytest.raises(ElfHeaderError, match="/etc/passwd: not a little-endian ELF64 file"):
+            read_headers(fd, os.fstat(fd).st_size, "/etc/passwd")
+    finally:
+        os.close(fd)

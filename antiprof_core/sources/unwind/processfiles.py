@@ -3,8 +3,8 @@
 The agent runs as root and the paths in ``/proc/PID/maps`` are the process's to choose, so a file
 is opened the symbolizer's way (``ProcessView``: resolved inside the process's root, no symlink
 followed, regular files of root or the process's user only, O_NONBLOCK so a FIFO cannot hang us)
-and must be the very inode that is mapped. Its build ID and PT_LOAD segments are read once per
-file (device, inode), not once per process: a fork storm of one binary reads it once.
+and must be the very inode that is mapped. Its build ID and PT_LOAD segments (``elfheaders``) are
+read once per file (device, inode), not once per process: a fork storm of one binary reads it once.
 
 The table worker is a separate process that opens files by path. The path it is given is the
 process's path under its root, checked component by component to hold no symlink; the table that
@@ -20,8 +20,9 @@ from pathlib import Path
 
 from attrs import frozen
 
+from antiprof_core.sources.unwind.elfheaders import ElfHeaderError, read_headers
 from antiprof_core.symbolize import procfs
-from antiprof_core.symbolize.elf import ElfFileError, LoadSegment, read_elf_fd
+from antiprof_core.symbolize.elf import LoadSegment
 from antiprof_core.symbolize.files import ELF_MAX_BYTES, ProcessView
 
 MAX_REMEMBERED_FILES = 8192
@@ -124,8 +125,8 @@ def _read_identity(view: ProcessView, entry: procfs.MapsEntry) -> FileIdentity |
     try:
         if info.st_ino != entry.inode:  # replaced since it was mapped: not the file the pcs are in
             return None
-        elf = read_elf_fd(fd, info.st_size, entry.path, symbols=False)
-    except (OSError, ElfFileError):
+        elf = read_headers(fd, info.st_size, entry.path)
+    except (OSError, ElfHeaderError):
         return None
     finally:
         os.close(fd)
