@@ -51,6 +51,8 @@ from antiprof_core.sources.bpf.program import (
     tail_calls,
 )
 from antiprof_core.sources.bpf.window import RawSample, build_window, overflow_warning
+from antiprof_core.sources.unwind.kernelmaps import NativeUnwindMaps
+from antiprof_core.sources.unwind.worker import UnwindTableBuilder
 from antiprof_core.symbolize.symbolizer import Symbolizer
 
 SETTLE_SECONDS = 0.005  # a BPF program that read the old set index finishes within microseconds
@@ -96,6 +98,7 @@ class BpfSampler:
         self._consumed = threading.Event()
         self._poll_thread: threading.Thread | None = None
         self._poll_error: BaseException | None = None
+        self._unwind_maps: NativeUnwindMaps | None = None  # when the program walks with unwind tables
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -187,12 +190,19 @@ class BpfSampler:
             for pid in self.config.pids:
                 pid_filter.set(ct.c_uint32(pid), ct.c_uint8(1))
         self._rings = [RingBuffer(maps["new_tgids"], self._on_new_tgid)]
+        if "unwind_rows" in maps:
+            cache_dir = Path(self.config.unwind_cache_dir) if self.config.unwind_cache_dir else None
+            builder = UnwindTableBuilder(cache_dir)
+            self._unwind_maps = NativeUnwindMaps(maps, self.config, self.logger.getChild("unwind"), builder)
         if self.trace:
             self._rings.append(RingBuffer(maps["sample_events"], self._on_sample_event))
 
     def close(self) -> None:
         self._stop.set()
         self._close_events()  # detaches the program from every CPU
+        unwind_maps, self._unwind_maps = self._unwind_maps, None
+        if unwind_maps is not None:  # before the maps' fds are closed with the program
+            unwind_maps.close()
         poll_thread, self._poll_thread = self._poll_thread, None
         if poll_thread is not None:
             poll_thread.join(timeout=10)
@@ -240,7 +250,10 @@ class BpfSampler:
         for ring in self._rings:
             ring.consume()
         while self._new_tgids:
-            self.symbolizer.note_process(self._new_tgids.pop())
+            tgid = self._new_tgids.pop()
+            self.symbolizer.note_process(tgid)
+            if self._unwind_maps is not None:
+                self._unwind_maps.note_process(tgid)
 
     def _consume_ring_buffers(self) -> None:
         """Have the poll thread (the only one that touches the ring buffers) empty them now."""
@@ -294,6 +307,10 @@ class BpfSampler:
             deadline=deadline,
         )
         self._window_start = end_ns
+        if self._unwind_maps is not None:
+            self._unwind_maps.on_window(sampled=window.processes.keys())
+            counters_now = attrs.evolve(window.counters, unwind_tables=self._unwind_maps.counters())
+            window = attrs.evolve(window, counters=counters_now)
         warning = overflow_warning(counters, self.max_stacks)
         if warning:
             self.logger.warning("%s", warning)
