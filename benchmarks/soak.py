@@ -185,6 +185,14 @@ def tracemalloc_report(directory: Path, warm: int, last: int, rss_by_minute: dic
             print(f"  {difference}")
 
 
+def slope(points: list[tuple[int, float]]) -> float:
+    """The least-squares slope of (minute, MiB): a growth figure one lucky minute cannot make."""
+    mean_x = sum(x for x, _ in points) / len(points)
+    mean_y = sum(y for _, y in points) / len(points)
+    spread = sum((x - mean_x) ** 2 for x, _ in points)
+    return sum((x - mean_x) * (y - mean_y) for x, y in points) / spread if spread else 0.0
+
+
 def late_windows(log: str, window_seconds: float) -> tuple[int, int, int]:
     """(windows, windows late, frames left raw)."""
     drains = [(float(a) + float(b)) / 1000 for a, b in DRAIN_LINE.findall(log)]
@@ -293,6 +301,12 @@ def main() -> int:
         f"soak: RSS {rss_by_minute.get(warm, 0):.1f} MiB after {warm} min warm-up, {rss_by_minute[last]:.1f} MiB"
         f" at {last} min: growth {growth:+.1f} MiB (target < 10 MB over the hour)"
     )
+    steady = [(minute, rss) for minute, rss in rss_by_minute.items() if minute >= warm]
+    if len(steady) >= 2:
+        print(
+            f"soak: after warm-up RSS {min(rss for _, rss in steady):.1f}-{max(rss for _, rss in steady):.1f} MiB,"
+            f" trend {slope(steady):+.2f} MiB per minute (least squares)"
+        )
     print(
         f"soak: {windows} windows, {late} late, {dropped} dropped; {raw} frames left raw;"
         f" agent CPU after warm-up {100 * (cpu_end - cpu_at_warm_up) / (60 * steady_minutes):.1f}% of one CPU"
