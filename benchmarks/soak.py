@@ -13,7 +13,7 @@ the agent's CPU. The reference for the growth is the agent's own RSS at the end 
 Two diagnostic modes, for when the growth is over target:
 
     --metrics      the agent serves /metrics on loopback; each minute's line adds the symbolizer's
-                   cache bytes and entry counts (files, kernel frames, names, processes)
+                   cache bytes and entry counts (files, kernel frames, names, processes), files read and evicted
     --tracemalloc  the agent runs under tracemalloc (slower: its CPU figure is not the real one),
                    a snapshot each minute; prints Python's traced total next to RSS (a gap that
                    grows is allocator fragmentation, not objects) and the lines whose allocations
@@ -137,6 +137,8 @@ METRIC_COLUMNS = {  # column title: metric name
     "kframes": "kernel_frames",
     "names": "names",
     "procs": "processes",
+    "reads": "file_reads",
+    "evicted": "cache_evictions",
 }
 
 
