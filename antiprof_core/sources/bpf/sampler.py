@@ -15,6 +15,7 @@ not sampled until the agent restarts.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import ctypes as ct
 import logging
@@ -308,7 +309,11 @@ class BpfSampler:
         )
         self._window_start = end_ns
         if self._unwind_maps is not None:
-            self._unwind_maps.on_window(sampled=window.processes.keys())
+            samples_by_pid: collections.Counter[int] = collections.Counter()
+            for (tgid, *_), count, _ in raw:
+                if tgid:  # not the idle task
+                    samples_by_pid[tgid] += count
+            self._unwind_maps.on_window(sampled=samples_by_pid)
             counters_now = attrs.evolve(window.counters, unwind_tables=self._unwind_maps.counters())
             window = attrs.evolve(window, counters=counters_now)
         warning = overflow_warning(counters, self.max_stacks)

@@ -50,6 +50,7 @@ COUNTER_NAMES = (
     "mappings_left_out",  # beyond MAX_PROCESS_MAPPINGS in one process, or a file refused
 )
 IDLE_SECONDS = 0.5  # the planner's sleep when nothing wakes it
+PLAN_BATCH = 64  # processes planned per pass of the planner before it writes entries
 REFRESH_WINDOWS = 2  # a sampled process's mappings are read again this often (dlopen, exec)
 MIB = 1024 * 1024
 
@@ -122,17 +123,28 @@ class NativeUnwindMaps:
 
     def on_window(self, live: Collection[int] | None = None, sampled: Collection[int] = ()) -> None:
         """Once per window, after the drain: free what was retired a window ago, remember which files
-        were ``sampled`` (PIDs with samples), forget processes not in ``live`` (read from /proc if None)."""
+        were ``sampled`` (PIDs with samples; a mapping of PID to samples puts the busiest first),
+        forget processes not in ``live`` (read from /proc if None).
+
+        A sampled process not planned yet goes to the front of the planner's queue, the busiest
+        first: on a host where hundreds of processes start each second, the ones that use the CPU
+        get their tables before those that only passed by.
+        """
         if live is None:
             live = procfs.live_pids(self._proc)
+        if isinstance(sampled, Mapping):
+            sampled = sorted(sampled, key=sampled.__getitem__, reverse=True)
         with self._lock:
             self._window += 1
             freed = self._rows.ranges.advance()
             self._mapping_ranges.advance()
             refresh = []
+            unplanned = []
             for tgid in sampled:
                 process = self._processes.get(tgid)
-                if process is not None:
+                if process is None:
+                    unplanned.append(tgid)
+                else:
                     process.sampled = self._window
                     for key in process.keys:
                         self._rows.touch(key, self._window)
@@ -144,10 +156,11 @@ class NativeUnwindMaps:
                     self._forget(tgid)
             loaded = self._rows.loaded_files
             retry = bool(freed) and self._rows.waiting
-        if retry or refresh:  # rows freed: the files waiting for room are placed now
+        if retry or refresh or unplanned:  # rows freed: the files waiting for room are placed now
             with self._queue_lock:
                 self._idle.clear()
                 self._queue.extend(refresh)
+                self._queue.extendleft(reversed(unplanned))
             self._wake.set()
         if loaded and not self._logged_first_load:
             self._logged_first_load = True
@@ -206,10 +219,17 @@ class NativeUnwindMaps:
                 self._logger.exception("unwind maps: planning failed")
 
     def _work(self) -> None:
-        while self._queue:
-            tgid = self._queue.popleft()
-            if tgid in self._queue:  # noted twice meanwhile: plan once, later
+        # A bounded batch per pass, then the writes: under heavy process churn the queue may never
+        # run dry, and the processes already planned must still get their entries.
+        planned: set[int] = set()
+        for _ in range(PLAN_BATCH):
+            try:
+                tgid = self._queue.popleft()
+            except IndexError:
+                break
+            if tgid in planned:  # noted twice (PID reuse, sampled again): once per pass is enough
                 continue
+            planned.add(tgid)
             mappings = self._files.mappings(tgid)  # /proc and file headers: outside the lock
             with self._lock:
                 self._plan(tgid, mappings)
@@ -227,7 +247,9 @@ class NativeUnwindMaps:
             # work to wait for here: room comes with the next window
             busy = self._rows.pending
         with self._queue_lock:
-            if not busy and not self._queue:
+            if self._queue:
+                self._wake.set()  # the rest of the queue on the next pass
+            elif not busy:
                 self._idle.set()
 
     def _file_settled(self, key: str) -> bool:

@@ -8,6 +8,7 @@ worker first tries the disk cache, then parses and stores.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import threading
@@ -120,4 +121,13 @@ class UnwindTableBuilder:
                 del self._pending[key]
 
     def close(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=True)
+        """Stop at once: a build under way (seconds for a large library on a busy host) is abandoned,
+        so the agent's shutdown never waits for it."""
+        executor = self._executor
+        # ProcessPoolExecutor has no public way to stop a running job: end its worker processes
+        # (taken before shutdown, which forgets them).
+        workers = list((getattr(executor, "_processes", None) or {}).values())
+        executor.shutdown(wait=False, cancel_futures=True)
+        for worker in workers:
+            with contextlib.suppress(OSError, AttributeError):
+                worker.kill()
