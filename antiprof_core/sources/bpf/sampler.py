@@ -25,6 +25,7 @@ import struct
 import threading
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import attrs
 
@@ -52,8 +53,9 @@ from antiprof_core.sources.bpf.program import (
     tail_calls,
 )
 from antiprof_core.sources.bpf.window import RawSample, build_window, overflow_warning
-from antiprof_core.sources.unwind.kernelmaps import NativeUnwindMaps
-from antiprof_core.sources.unwind.worker import UnwindTableBuilder
+
+if TYPE_CHECKING:
+    from antiprof_core.sources.unwind.kernelmaps import NativeUnwindMaps
 from antiprof_core.symbolize.symbolizer import Symbolizer
 
 SETTLE_SECONDS = 0.005  # a BPF program that read the old set index finishes within microseconds
@@ -192,6 +194,10 @@ class BpfSampler:
                 pid_filter.set(ct.c_uint32(pid), ct.c_uint8(1))
         self._rings = [RingBuffer(maps["new_tgids"], self._on_new_tgid)]
         if "unwind_rows" in maps:
+            # imported here: the unwind package imports this one's maps module (no import cycle)
+            from antiprof_core.sources.unwind.kernelmaps import NativeUnwindMaps
+            from antiprof_core.sources.unwind.worker import UnwindTableBuilder
+
             cache_dir = Path(self.config.unwind_cache_dir) if self.config.unwind_cache_dir else None
             builder = UnwindTableBuilder(cache_dir)
             self._unwind_maps = NativeUnwindMaps(maps, self.config, self.logger.getChild("unwind"), builder)
