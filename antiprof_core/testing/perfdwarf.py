@@ -27,8 +27,8 @@ __all__ = [
     "PerfUnavailable",
     "entry_share",
     "parse_perf_script",
-    "record_dwarf",
     "reaches_entry",
+    "record_dwarf",
 ]
 
 ENTRY_SYMBOLS = frozenset(
