@@ -9,12 +9,14 @@ The page cache is warm for every figure: the files are read once before measurin
 
 Sampling (needs root and real BPF). Two phases, both CPUs busy at nice -20: Debian's python3.11
 running two Python functions next to an -O2 -fomit-frame-pointer C program, then two copies of
-that program recursing 120 frames deep. In each phase two `antiprof run` agents (unwinder =
-"frame-pointer" and "dwarf", pid-filtered on the workloads, 99 Hz) and `perf record --call-graph
-dwarf` sample the same processes at the same time. Per unwinder: BPF time per program run
+that program recursing 120 frames deep. Two `antiprof run` agents (unwinder = "frame-pointer" and
+"dwarf", pid-filtered on every workload, 99 Hz) run through both phases, and `perf record
+--call-graph dwarf` joins each phase: all sample the same processes at the same time (the other
+phase's workloads are stopped meanwhile). Per unwinder: BPF time per program run
 (run_time_ns / run_cnt from the program fd's fdinfo, with BPF_ENABLE_STATS held for the phase),
-mean frames per stack, agent RSS (its unwind worker apart) and kernel memory of its maps, and the
-share of stacks that reach main; for perf the same share and its perf.data bytes per sample.
+mean frames per stack, agent RSS (its child processes, the unwind worker, apart) and kernel
+memory of its maps, and the share of stacks that reach main (windows in which a process still
+waited for its tables left out); for perf the same share and its perf.data bytes per sample.
 
     .venv/bin/python benchmarks/unwind.py                       # full (make bench): 60 s phases
     .venv/bin/python benchmarks/unwind.py --quick --seconds 15  # short: under 2 minutes
@@ -35,13 +37,17 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
+
+from attrs import frozen
 
 from antiprof_core.testing.agent import RunningAgent
 from antiprof_core.testing.native_workloads import build_no_frame_pointer_workload, python_two_functions
 from antiprof_core.testing.perfdwarf import PerfRecording, PerfUnavailable, entry_share, record_dwarf
+from antiprof_core.testing.stacks import FALLBACK_COUNTER, read_windows, samples_of
 from antiprof_core.testing.stacks import entry_share as antiprof_entry_share
-from antiprof_core.testing.stacks import read_windows, samples_of, settled
 
 FILES = ["/lib/x86_64-linux-gnu/libc.so.6", "/usr/bin/python3.11"]
 
@@ -175,106 +181,149 @@ def write_agent_config(directory: Path, pids: list[int], unwinder: str, frequenc
     return config
 
 
-def sampling_phase(
-    name: str, commands: list[list[str]], unwinders: list[str], seconds: float, frequency: int, directory: Path
-) -> list[tuple[str, ...]]:
-    """One phase: the workloads (stopped until every agent is attached), an agent per unwinder and
-    perf, all on the same processes for the same ``seconds``; returns table rows."""
-    workloads = [subprocess.Popen([*NICE, *command], stdout=subprocess.DEVNULL) for command in commands]
-    for workload in workloads:
-        os.kill(workload.pid, signal.SIGSTOP)
-    pids = [workload.pid for workload in workloads]
-    rows: list[tuple[str, ...]] = []
+@frozen
+class Phase:
+    name: str
+    workloads: list[subprocess.Popen[bytes]]
+
+    @property
+    def pids(self) -> list[int]:
+        return [workload.pid for workload in self.workloads]
+
+    def signal(self, signum: int) -> None:
+        for workload in self.workloads:
+            os.kill(workload.pid, signum)
+
+
+def measure_phase(
+    phase: Phase, agents: dict[str, RunningAgent], seconds: float, frequency: int, directory: Path
+) -> dict[str, Any]:
+    """Run the phase's workloads for ``seconds`` while every agent and perf sample them."""
+    phase.signal(signal.SIGCONT)
     try:
-        with contextlib.ExitStack() as stack:
-            agents = {}
-            for unwinder in unwinders:
-                agent_dir = directory / name / unwinder
-                config = write_agent_config(agent_dir, pids, unwinder, frequency, directory / "cache")
-                agents[unwinder] = (stack.enter_context(RunningAgent(config, agent_dir)), agent_dir)
-            for workload in workloads:
-                os.kill(workload.pid, signal.SIGCONT)
-            time.sleep(3)  # tables requested and loaded for the workloads' files (the dwarf agent)
-            before = {unwinder: program_runs(agent.pid) for unwinder, (agent, _) in agents.items()}
-            with bpf_stats():
-                started = time.monotonic()
-                try:
-                    perf: PerfRecording | None = record_dwarf(pids, seconds, directory / name / "perf", frequency)
-                except PerfUnavailable as error:
-                    print(f"  perf: {error}")
-                    perf = None
-                    time.sleep(max(seconds - (time.monotonic() - started), 0))
-                after = {unwinder: program_runs(agent.pid) for unwinder, (agent, _) in agents.items()}
-            memory = {
-                unwinder: (
-                    rss_kib(agent.pid),
-                    sum(rss_kib(child) for child in children_of(agent.pid)),
-                    sum(int(m.get("memlock", 0)) for m in _bpf_fdinfo(agent.pid, "map")),
-                )
-                for unwinder, (agent, _) in agents.items()
-            }
-        for unwinder, (agent, agent_dir) in agents.items():
-            windows = settled(read_windows(agent_dir / "windows.jsonl"))
-            samples = [sample for pid in pids for sample in samples_of(windows, pid)]
-            count = sum(sample.count for sample in samples)
-            frames = sum(len(sample.stack) * sample.count for sample in samples) / max(count, 1)
-            runtime = after[unwinder][0] - before[unwinder][0]
-            runs = after[unwinder][1] - before[unwinder][1]
-            rss, children, memlock = memory[unwinder]
-            rows.append((
-                name, f"antiprof {unwinder}", f"{runtime / max(runs, 1):.0f} ns" if runs else "n/a", str(runs),
-                f"{frames:.1f}", f"{antiprof_entry_share(samples):.1%}", f"{rss / 1024:.0f} MiB",
-                f"{children / 1024:.0f} MiB", f"{memlock / 2**20:.1f} MiB", "",
-            ))  # fmt: skip
-            if agent.returncode not in (0, None):
-                print(f"  {unwinder} agent exited {agent.returncode}: {agent.stderr.strip().splitlines()[-1:]}")
-        if perf is not None:
-            stacks = [stack for stack in perf.stacks if stack.pid in pids]
-            frames = sum(len(stack.frames) for stack in stacks) / max(len(stacks), 1)
-            rows.append((
-                name, "perf --call-graph dwarf", "", str(len(stacks)), f"{frames:.1f}", f"{entry_share(stacks):.1%}",
-                "", "", "", f"{perf.bytes_per_sample:.0f} B",
-            ))  # fmt: skip
+        time.sleep(3)  # the dwarf agent requests and loads the workloads' tables
+        with bpf_stats(), ThreadPoolExecutor(max_workers=1) as pool:
+            perf = pool.submit(record_dwarf, phase.pids, seconds, directory / phase.name.replace(" ", "-"), frequency)
+            started_ns = time.time_ns()
+            before = {unwinder: program_runs(agent.pid) for unwinder, agent in agents.items()}
+            time.sleep(seconds)
+            after = {unwinder: program_runs(agent.pid) for unwinder, agent in agents.items()}
+            ended_ns = time.time_ns()
+            try:
+                recording: PerfRecording | None = perf.result()
+            except PerfUnavailable as error:
+                print(f"  perf: {error}")
+                recording = None
+        memory = {
+            unwinder: (
+                rss_kib(agent.pid),
+                sum(rss_kib(child) for child in children_of(agent.pid)),
+                sum(int(m.get("memlock", 0)) for m in _bpf_fdinfo(agent.pid, "map")),
+            )
+            for unwinder, agent in agents.items()
+        }
     finally:
-        for workload in workloads:
-            workload.kill()
-            workload.wait()
+        phase.signal(signal.SIGSTOP)
+    return {"span": (started_ns, ended_ns), "before": before, "after": after, "perf": recording, "memory": memory}
+
+
+def phase_rows(phase: Phase, measured: dict[str, Any], agent_dirs: dict[str, Path]) -> list[tuple[str, ...]]:
+    rows: list[tuple[str, ...]] = []
+    started_ns, ended_ns = measured["span"]
+    for unwinder, agent_dir in agent_dirs.items():
+        windows = [
+            window
+            for window in read_windows(agent_dir / "windows.jsonl")
+            if window.start_ns >= started_ns - 500_000_000
+            and window.end_ns <= ended_ns + 1_500_000_000
+            and not window.counters.stack_errors.get(FALLBACK_COUNTER, 0)  # tables not loaded yet: not counted
+        ]
+        samples = [sample for pid in phase.pids for sample in samples_of(windows, pid)]
+        count = sum(sample.count for sample in samples)
+        frames = sum(len(sample.stack) * sample.count for sample in samples) / max(count, 1)
+        runtime = measured["after"][unwinder][0] - measured["before"][unwinder][0]
+        runs = measured["after"][unwinder][1] - measured["before"][unwinder][1]
+        rss, children, memlock = measured["memory"][unwinder]
+        rows.append((
+            phase.name, f"antiprof {unwinder}", f"{runtime / runs:.0f} ns" if runs else "n/a", str(runs), str(count),
+            f"{frames:.1f}", f"{antiprof_entry_share(samples):.1%}", f"{rss / 1024:.0f} MiB",
+            f"{children / 1024:.0f} MiB", f"{memlock / 2**20:.1f} MiB", "",
+        ))  # fmt: skip
+    perf: PerfRecording | None = measured["perf"]
+    if perf is not None:
+        stacks = [stack for stack in perf.stacks if stack.pid in phase.pids]
+        frames = sum(len(stack.frames) for stack in stacks) / max(len(stacks), 1)
+        rows.append((
+            phase.name, "perf --call-graph dwarf", "", "", str(len(stacks)), f"{frames:.1f}",
+            f"{entry_share(stacks):.1%}", "", "", "", f"{perf.bytes_per_sample:.0f} B",
+        ))  # fmt: skip
     return rows
 
 
 def compare_unwinders(unwinders: list[str], seconds: float, frequency: int) -> None:
+    """Every phase's workloads start stopped; one agent per unwinder samples all of them (one BPF
+    compile each), and the phases take turns running: each phase's figures are its own processes'."""
     from antiprof_core.sources.bpf import bpf_unavailable_reason
 
     reason = bpf_unavailable_reason()
     if reason is not None:
         print(f"sampling comparison skipped: {reason}")
         return
-    with tempfile.TemporaryDirectory(prefix="antiprof-unwind-bench-") as temporary:
+    print(f"\nunwinders side by side: {frequency} Hz, {seconds:.0f} s per phase, workloads at nice -20 on "
+          f"{os.cpu_count()} CPUs; BPF time per program run (every CPU's samples, filtered out or not)")  # fmt: skip
+    rows: list[tuple[str, ...]] = []
+    with tempfile.TemporaryDirectory(prefix="antiprof-unwind-bench-") as temporary, contextlib.ExitStack() as stack:
         directory = Path(temporary)
         program = str(build_no_frame_pointer_workload(directory))
-        phases = {
+        commands = {
             "python3.11 + no-fp": [python_two_functions(directory), [program]],
-            f"no-fp, {DEEP_FRAMES} deep x2": [[program, str(DEEP_FRAMES)], [program, str(DEEP_FRAMES)]],
+            f"no-fp {DEEP_FRAMES} deep x2": [[program, str(DEEP_FRAMES)], [program, str(DEEP_FRAMES)]],
         }
-        print(f"\nunwinders side by side: {frequency} Hz, {seconds:.0f} s per phase, workloads at nice -20 on "
-              f"{os.cpu_count()} CPUs")  # fmt: skip
-        rows: list[tuple[str, ...]] = []
-        for name, commands in phases.items():
-            rows += sampling_phase(name, commands, unwinders, seconds, frequency, directory)
-    header = ("phase", "tool", "BPF/run", "runs", "frames", "reach main", "RSS", "children", "BPF maps", "B/sample")
+        phases = []
+        for name, argvs in commands.items():
+            phase = Phase(name, [stack.enter_context(stopped([*NICE, *argv])) for argv in argvs])
+            phases.append(phase)
+        pids = [pid for phase in phases for pid in phase.pids]
+        agents: dict[str, RunningAgent] = {}
+        agent_dirs: dict[str, Path] = {}
+        for unwinder in unwinders:
+            agent_dirs[unwinder] = directory / unwinder
+            config = write_agent_config(agent_dirs[unwinder], pids, unwinder, frequency, directory / "cache")
+            agents[unwinder] = stack.enter_context(RunningAgent(config, agent_dirs[unwinder]))
+        measured = [measure_phase(phase, agents, seconds, frequency, directory) for phase in phases]
+        for agent in agents.values():
+            agent.stop()
+            if agent.returncode != 0:
+                print(f"  agent exited {agent.returncode}: {agent.stderr.strip().splitlines()[-1:]}")
+        for phase, figures in zip(phases, measured, strict=True):
+            rows += phase_rows(phase, figures, agent_dirs)
+    header = ("phase", "tool", "BPF/run", "runs", "samples", "frames", "reach main", "RSS", "children", "BPF maps",
+              "B/sample")  # fmt: skip
     table = [header, *rows]
     widths = [max(len(row[i]) for row in table) for i in range(len(header))]
     for row in table:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     by_key = {(row[0], row[1]): row for row in rows}
-    for name in phases:
-        fp, dwarf = by_key.get((name, "antiprof frame-pointer")), by_key.get((name, "antiprof dwarf"))
+    for phase in phases:
+        fp, dwarf = by_key.get((phase.name, "antiprof frame-pointer")), by_key.get((phase.name, "antiprof dwarf"))
         if fp and dwarf and fp[2] != "n/a" and dwarf[2] != "n/a":
             fp_ns, dwarf_ns = float(fp[2].split()[0]), float(dwarf[2].split()[0])
             print(
-                f"{name}: dwarf costs {dwarf_ns / max(fp_ns, 1.0):.1f}x frame-pointer per run (target <= 3x), "
-                f"{dwarf_ns / 1000:.1f} us at {dwarf[4]} frames (target <= 20 us at 127)"
+                f"{phase.name}: dwarf costs {dwarf_ns / max(fp_ns, 1.0):.1f}x frame-pointer per run (target <= 3x), "
+                f"{dwarf_ns / 1000:.1f} us at {dwarf[5]} frames (target <= 20 us at 127)"
             )
+
+
+@contextlib.contextmanager
+def stopped(command: list[str]) -> Iterator[subprocess.Popen[bytes]]:
+    """A workload started and stopped at once (SIGSTOP): it runs only in its phase."""
+    process = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        yield process
+    finally:
+        process.kill()
+        process.wait()
 
 
 def main() -> None:
