@@ -22,6 +22,7 @@ from prometheus_client.registry import Collector
 from antiprof_core import __version__
 from antiprof_core.config import ActiveConsumer, Config, ConfigError
 from antiprof_core.consumer import Consumer, ConsumerContext
+from antiprof_core.heap import fix_mmap_threshold
 from antiprof_core.host import read_host
 from antiprof_core.metrics import Health, MetricsServer, SamplerMetrics, serve
 from antiprof_core.model import Host
@@ -106,6 +107,7 @@ class Agent:
 
     def run(self, duration: float | None = None) -> int:
         """Returns the exit code; raises AgentError for a fatal start-up problem."""
+        fix_mmap_threshold()  # large freed buffers (ELF sections) go back to the kernel, not the heap
         self._build_consumers()
         if self.config.agent.metrics_address:
             try:

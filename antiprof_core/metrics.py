@@ -30,6 +30,12 @@ class SamplerMetrics:
         self.stack_errors = Counter(
             "antiprof_stack_errors", "Stacks that could not be walked, by kind", ["kind"], registry=registry
         )
+        self.unwind_tables = Counter(
+            "antiprof_unwind_tables",
+            "Native unwind tables loaded, evicted and refused, by kind",
+            ["kind"],
+            registry=registry,
+        )
 
     def record(self, counters: Counters) -> None:
         self.windows.inc()
@@ -37,6 +43,8 @@ class SamplerMetrics:
         self.samples_lost.inc(counters.samples_lost)
         for kind, count in counters.stack_errors.items():
             self.stack_errors.labels(kind).inc(count)
+        for kind, count in counters.unwind_tables.items():
+            self.unwind_tables.labels(kind).inc(count)
 
 
 class Health:

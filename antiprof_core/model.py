@@ -121,6 +121,7 @@ class Counters:
     samples_lost: int = 0
     stack_errors: MappingABC[str, int] = field(factory=dict)
     windows_dropped: int = 0  # running total of windows this consumer lost to a full queue
+    unwind_tables: MappingABC[str, int] = field(factory=dict)  # the native unwinder's tables: loaded, evicted, refused
 
 
 @frozen

@@ -17,8 +17,14 @@
 //
 // Only BPF helpers and uapi structs: no kernel struct field is read.
 //
+// User stacks are walked by frame pointers (bpf_get_stack), or, with DWARF_UNWINDER, from the
+// unwind tables of the files a process maps (.eh_frame rows, filled in by user space): see the
+// "native unwinder" part below.
+//
 // Options (all given with -D): MAX_STACK_DEPTH, MAX_STACKS, MAX_COUNTS, MAX_PIDS,
-// RINGBUF_PAGES, FILTER_PIDS, KERNEL_STACKS, USER_STACKS, INCLUDE_IDLE, TRACE_MODE.
+// RINGBUF_PAGES, FILTER_PIDS, KERNEL_STACKS, USER_STACKS, INCLUDE_IDLE, TRACE_MODE,
+// DWARF_UNWINDER, and with it UNWIND_FP_FALLBACK, UNWIND_ROWS, UNWIND_MAPPINGS, UNWIND_PROCESSES,
+// FRAMES_PER_CALL.
 
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
@@ -37,6 +43,12 @@ enum counter {
     KERNEL_MAP_FULL,
     KERNEL_OTHER,
     COUNTS_MAP_FULL,
+    UNWIND_FALLBACK,       // the process has no tables loaded (yet): its stack walked by frame pointers
+    UNWIND_NO_TABLE,       // frames walked by frame pointers since their code has no table (JIT, stripped)
+    UNWIND_NO_ROW,         // a pc no row of its file's table covers: the walk stops
+    UNWIND_UNSUPPORTED,    // a rule the walk cannot follow (CFA in another register, an expression)
+    UNWIND_BAD_READ,       // a saved register that could not be read, or a frame that does not go up
+    UNWIND_DEPTH,          // max_stack_depth frames reached before the outermost frame
     COUNTER_SLOTS,
 };
 
@@ -103,7 +115,35 @@ static __always_inline void count_stack_error(u32 set, long error, u32 base) {
         bump(set, base + 3);
 }
 
-// Stores the current user or kernel stack in the set's stacks map; returns its hash, 0 if none.
+// The stack's key in a stacks map: a 64-bit hash of its addresses, never 0.
+static __always_inline u64 hash_stack(struct stack_value *stack, u32 depth, u64 flags) {
+    u64 hash = 0x9e3779b97f4a7c15ULL ^ flags ^ depth;
+    // a bounded loop (kernel 5.3+; the ring buffers already need 5.8), kept rolled: unrolled,
+    // clang reads four addresses per check of depth, past the value's end for the verifier
+#pragma clang loop unroll(disable)
+    for (u32 i = 0; i < MAX_STACK_DEPTH; i++) {
+        if (i >= depth)
+            break;
+        hash = (hash ^ stack->ip[i]) * 0xff51afd7ed558ccdULL;
+        hash ^= hash >> 32;
+    }
+    return hash ? hash : 1;
+}
+
+// Puts the stack in the set's stacks map (once); returns its hash, 0 if it could not be kept.
+static __always_inline u64 keep_stack(struct stack_value *stack, u32 depth, u32 set, u64 flags, u32 error_base) {
+    u64 hash = hash_stack(stack, depth, flags);
+    if (set ? stacks1.lookup(&hash) : stacks0.lookup(&hash))
+        return hash;
+    long error = set ? stacks1.insert(&hash, stack) : stacks0.insert(&hash, stack);
+    if (error && error != -EEXIST) {  // -EEXIST: another CPU stored the same stack meanwhile
+        count_stack_error(set, error, error_base);
+        return 0;
+    }
+    return hash;
+}
+
+// Stores the current user (frame pointers) or kernel stack; returns its hash, 0 if none.
 static __always_inline u64 store_stack(struct bpf_perf_event_data *ctx, u32 set, u64 flags, u32 error_base) {
     u32 zero = 0;
     struct stack_value *stack = stack_scratch.lookup(&zero);
@@ -117,25 +157,349 @@ static __always_inline u64 store_stack(struct bpf_perf_event_data *ctx, u32 set,
     u32 depth = size / sizeof(u64);
     stack->depth = depth;
     stack->pad = 0;
-    u64 hash = 0x9e3779b97f4a7c15ULL ^ flags ^ depth;
-    // a bounded loop (kernel 5.3+; the ring buffers already need 5.8)
-    for (u32 i = 0; i < MAX_STACK_DEPTH; i++) {
-        if (i >= depth)
-            break;
-        hash = (hash ^ stack->ip[i]) * 0xff51afd7ed558ccdULL;
-        hash ^= hash >> 32;
+    return keep_stack(stack, depth, set, flags, error_base);
+}
+
+// The sample, its key complete: counted in the set's counts map, or sent with its time.
+static __always_inline void record_sample(struct sample_key *key, u32 set) {
+#if TRACE_MODE
+    struct sample_event *event = sample_events.ringbuf_reserve(sizeof(struct sample_event));
+    if (!event) {
+        bump(set, SAMPLES_LOST);
+        return;
     }
-    if (hash == 0)
-        hash = 1;
-    if (set ? stacks1.lookup(&hash) : stacks0.lookup(&hash))
-        return hash;
-    long error = set ? stacks1.insert(&hash, stack) : stacks0.insert(&hash, stack);
-    if (error && error != -EEXIST) {  // -EEXIST: another CPU stored the same stack meanwhile
-        count_stack_error(set, error, error_base);
+    event->ktime_ns = bpf_ktime_get_ns();
+    event->set = set;
+    event->pad = 0;
+    event->key = *key;
+    sample_events.ringbuf_submit(event, 0);
+#else
+    u64 one = 1;
+    u64 *count = set ? counts1.lookup(key) : counts0.lookup(key);
+    if (count) {
+        __sync_fetch_and_add(count, 1);
+    } else {
+        int error = set ? counts1.insert(key, &one) : counts0.insert(key, &one);
+        if (error) {
+            // another CPU may have inserted the same key meanwhile
+            count = set ? counts1.lookup(key) : counts0.lookup(key);
+            if (count) {
+                __sync_fetch_and_add(count, 1);
+            } else {
+                bump(set, COUNTS_MAP_FULL);
+                bump(set, SAMPLES_LOST);
+            }
+        }
+    }
+#endif
+}
+
+#if DWARF_UNWINDER
+// ---- The native unwinder (DWARF_UNWINDER) ------------------------------------------------------
+//
+// User space turns each file's .eh_frame into rows (antiprof_core.sources.unwind: one row says
+// how to find the caller's CFA, return address and rbp from a pc on) and fills three maps: the
+// rows of every loaded file, the executable mappings of every process it has planned (sorted,
+// each pointing at its file's rows), and per process where its mappings are. A sample of a
+// planned process is walked frame by frame: find the mapping of the pc, binary-search its rows,
+// apply the row, read the return address and saved rbp from the user stack. Code without a table
+// (JIT, stripped files) is stepped by frame pointers in "auto" mode. A process not planned yet is
+// walked by frame pointers with bpf_get_stack, and counted (unwind_fallback).
+//
+// The walk runs FRAMES_PER_CALL frames per program run, then tail-calls itself with its state in
+// a per-CPU scratch (a perf_event program cannot nest on a CPU): at most 33 runs, enough for
+// MAX_STACK_DEPTH frames, each run small enough for the verifier. Keep the structs in sync with
+// antiprof_core/sources/unwind (rows.py kinds; the map layout in the maps writer).
+
+enum cfa_kind {  // rows.CfaKind
+    CFA_RSP = 1,
+    CFA_RBP = 2,
+    CFA_PLT = 3,
+    CFA_DEREF_RBP = 4,
+    CFA_FIRST_STOP = 16,
+    CFA_NO_FDE = 16,
+    CFA_OUTERMOST = 17,
+};
+
+enum rbp_kind {  // rows.RbpKind
+    RBP_UNCHANGED = 0,
+    RBP_AT_CFA = 1,
+    RBP_UNKNOWN = 2,
+    RBP_AT_RBP = 3,
+};
+
+struct unwind_row {          // 16 bytes
+    u32 pc;                  // file address minus the table's base
+    s32 cfa_offset;
+    s32 rbp_offset;
+    u8 cfa_kind;
+    u8 rbp_kind;
+    u8 param;
+    u8 ra_offset;            // signed (s8); u8 here since BCC's map key/value parser has no signed char
+};
+
+struct unwind_mapping {      // 32 bytes
+    u64 start;               // runtime addresses [start, end)
+    u64 end;
+    u64 bias;                // runtime pc - bias = row pc
+    u32 row_start;
+    u32 row_count;           // 0: no table; frame pointers
+};
+
+struct unwind_process {
+    u32 first;               // its mappings: unwind_mappings[first, first + count), sorted by start
+    u32 count;
+};
+
+struct unwind_state {
+    struct sample_key key;
+    struct unwind_process process;
+    u64 rip;
+    u64 rsp;
+    u64 rbp;
+    u32 set;
+    u32 rbp_known;
+    struct stack_value stack;  // frames so far; stack.depth counts them
+};
+
+#define MAPPING_SEARCH_STEPS 9   // 256 mappings per process
+#define ROW_SEARCH_STEPS 24      // 16M rows per file
+
+BPF_ARRAY(unwind_rows, struct unwind_row, UNWIND_ROWS);
+BPF_ARRAY(unwind_mappings, struct unwind_mapping, UNWIND_MAPPINGS);
+BPF_HASH(unwind_processes, u32, struct unwind_process, UNWIND_PROCESSES);
+BPF_PERCPU_ARRAY(unwind_scratch, struct unwind_state, 1);
+BPF_PROG_ARRAY(unwind_programs, 1);
+
+enum step_result {
+    STEP_NEXT = 0,           // a caller was found and recorded
+    STEP_DONE = 1,           // the walk ended (at the outermost frame, or counted why)
+};
+
+static __always_inline int read_user_u64(u64 *into, u64 address) {
+    return bpf_probe_read_user(into, sizeof(*into), (const void *)address);
+}
+
+// Records the caller's registers after a step; ends the walk when the frames stop going up.
+static __always_inline int record_caller(struct unwind_state *state, u64 rip, u64 rsp, u64 rbp, u32 rbp_known) {
+    if (rip == 0)
+        return STEP_DONE;  // the outermost frame's return address
+    if (rsp <= state->rsp) {
+        bump(state->set, UNWIND_BAD_READ);  // a caller's frame is above its callee's: garbage
+        return STEP_DONE;
+    }
+    u32 depth = state->stack.depth;
+    if (depth >= MAX_STACK_DEPTH) {
+        bump(state->set, UNWIND_DEPTH);
+        return STEP_DONE;
+    }
+    state->stack.ip[depth] = rip;
+    state->stack.depth = depth + 1;
+    state->rip = rip;
+    state->rsp = rsp;
+    state->rbp = rbp;
+    state->rbp_known = rbp_known;
+    return STEP_NEXT;
+}
+
+// The caller of a frame with frame pointers: [rbp] is the caller's rbp, [rbp + 8] the return address.
+static __always_inline int frame_pointer_step(struct unwind_state *state) {
+#if UNWIND_FP_FALLBACK
+    bump(state->set, UNWIND_NO_TABLE);
+    u64 rbp = state->rbp;
+    if (!state->rbp_known || rbp == 0)
+        return STEP_DONE;
+    u64 saved[2];
+    if (bpf_probe_read_user(saved, sizeof(saved), (const void *)rbp)) {
+        bump(state->set, UNWIND_BAD_READ);
+        return STEP_DONE;
+    }
+    return record_caller(state, saved[1], rbp + 16, saved[0], 1);
+#else
+    bump(state->set, UNWIND_NO_TABLE);
+    return STEP_DONE;
+#endif
+}
+
+// One frame: the caller's rip, rsp and rbp from the row in force at this frame's pc.
+static __always_inline int unwind_step_one(struct unwind_state *state) {
+    u64 pc = state->rip;
+    // A caller's pc is a return address: look up the call instruction (one byte back), which a
+    // call at the very end of a function needs.
+    u64 lookup_pc = state->stack.depth > 1 ? pc - 1 : pc;
+
+    u32 low = 0, high = state->process.count;
+    for (int i = 0; i < MAPPING_SEARCH_STEPS; i++) {
+        if (low >= high)
+            break;
+        u32 middle = (low + high) / 2;
+        u32 index = state->process.first + middle;
+        struct unwind_mapping *mapping = unwind_mappings.lookup(&index);
+        if (!mapping)
+            return STEP_DONE;
+        if (mapping->start <= lookup_pc)
+            low = middle + 1;
+        else
+            high = middle;
+    }
+    if (low == 0)
+        return frame_pointer_step(state);
+    u32 found = state->process.first + low - 1;
+    struct unwind_mapping *mapping = unwind_mappings.lookup(&found);
+    if (!mapping || lookup_pc >= mapping->end || mapping->row_count == 0)
+        return frame_pointer_step(state);
+    u64 relative = lookup_pc - mapping->bias;
+    u32 row_start = mapping->row_start;
+    u32 row_count = mapping->row_count;
+    if (relative >> 32) {
+        bump(state->set, UNWIND_NO_ROW);
+        return STEP_DONE;
+    }
+
+    low = 0;
+    high = row_count;
+    for (int i = 0; i < ROW_SEARCH_STEPS; i++) {
+        if (low >= high)
+            break;
+        u32 middle = (low + high) / 2;
+        u32 index = row_start + middle;
+        struct unwind_row *row = unwind_rows.lookup(&index);
+        if (!row)
+            return STEP_DONE;
+        if (row->pc <= (u32)relative)
+            low = middle + 1;
+        else
+            high = middle;
+    }
+    u32 row_index = row_start + low - 1;
+    struct unwind_row *row = low ? unwind_rows.lookup(&row_index) : 0;
+    if (!row) {
+        bump(state->set, UNWIND_NO_ROW);
+        return STEP_DONE;
+    }
+    u8 cfa_kind = row->cfa_kind;
+    u8 rbp_kind = row->rbp_kind;
+    s64 cfa_offset = row->cfa_offset;
+    s64 rbp_offset = row->rbp_offset;
+    s64 ra_offset = (s8)row->ra_offset;
+    u8 param = row->param;
+
+    if (cfa_kind >= CFA_FIRST_STOP) {
+        if (cfa_kind == CFA_NO_FDE)
+            bump(state->set, UNWIND_NO_ROW);
+        else if (cfa_kind != CFA_OUTERMOST)
+            bump(state->set, UNWIND_UNSUPPORTED);
+        return STEP_DONE;
+    }
+    u64 cfa;
+    if (cfa_kind == CFA_RSP) {
+        cfa = state->rsp + cfa_offset;
+    } else if (cfa_kind == CFA_PLT) {
+        // the PLT's expression: rsp + 8, and 8 more from the byte `param` of its 16-byte entry on
+        cfa = state->rsp + cfa_offset + (((pc & 15) >= param) ? 8 : 0);
+    } else {
+        if (!state->rbp_known) {
+            bump(state->set, UNWIND_UNSUPPORTED);
+            return STEP_DONE;
+        }
+        if (cfa_kind == CFA_RBP) {
+            cfa = state->rbp + cfa_offset;
+        } else if (cfa_kind == CFA_DEREF_RBP) {
+            if (read_user_u64(&cfa, state->rbp + cfa_offset)) {
+                bump(state->set, UNWIND_BAD_READ);
+                return STEP_DONE;
+            }
+        } else {
+            bump(state->set, UNWIND_UNSUPPORTED);
+            return STEP_DONE;
+        }
+    }
+    u64 return_address;
+    if (read_user_u64(&return_address, cfa + ra_offset)) {
+        bump(state->set, UNWIND_BAD_READ);
+        return STEP_DONE;
+    }
+    u64 rbp = state->rbp;
+    u32 rbp_known = state->rbp_known;
+    if (rbp_kind == RBP_AT_CFA) {
+        if (read_user_u64(&rbp, cfa + rbp_offset)) {
+            bump(state->set, UNWIND_BAD_READ);
+            return STEP_DONE;
+        }
+        rbp_known = 1;
+    } else if (rbp_kind == RBP_AT_RBP) {
+        if (!rbp_known || read_user_u64(&rbp, state->rbp + rbp_offset)) {
+            bump(state->set, UNWIND_BAD_READ);
+            return STEP_DONE;
+        }
+    } else if (rbp_kind == RBP_UNKNOWN) {
+        rbp_known = 0;
+    }
+    return record_caller(state, return_address, cfa, rbp, rbp_known);
+}
+
+// The walk ended: keep the stack and record the sample.
+static __always_inline void finish_native_walk(struct unwind_state *state) {
+    u32 set = state->set ? 1 : 0;
+    u32 depth = state->stack.depth;
+    if (depth > MAX_STACK_DEPTH)
+        depth = MAX_STACK_DEPTH;
+    state->stack.pad = 0;
+    state->key.user_stack = keep_stack(&state->stack, depth, set, BPF_F_USER_STACK, USER_NOT_PRESENT);
+    record_sample(&state->key, set);
+}
+
+int unwind_frames(struct bpf_perf_event_data *ctx) {
+    u32 zero = 0;
+    struct unwind_state *state = unwind_scratch.lookup(&zero);
+    if (!state)
+        return 0;
+    for (int i = 0; i < FRAMES_PER_CALL; i++) {
+        if (unwind_step_one(state) == STEP_DONE) {
+            finish_native_walk(state);
+            return 0;
+        }
+    }
+    unwind_programs.call(ctx, 0);
+    // Only when the tail-call limit (33 runs) is reached: keep what was walked.
+    bump(state->set, UNWIND_DEPTH);
+    finish_native_walk(state);
+    return 0;
+}
+
+// Starts the walk of a sample's user stack from the task's user registers. Returns 1 when the
+// walk took the sample over (it records it when it ends), 0 when the caller records it itself.
+static __always_inline int start_native_walk(struct bpf_perf_event_data *ctx, u32 set, struct sample_key *key) {
+    u32 tgid = key->tgid;
+    struct unwind_process *process = unwind_processes.lookup(&tgid);
+    if (!process) {
+        bump(set, UNWIND_FALLBACK);
         return 0;
     }
-    return hash;
+    u32 zero = 0;
+    struct unwind_state *state = unwind_scratch.lookup(&zero);
+    if (!state)
+        return 0;
+    // The registers of the task's user mode, whether the sample hit user or kernel mode.
+    struct pt_regs regs;
+    struct pt_regs *user_regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    if (bpf_probe_read_kernel(&regs, sizeof(regs), user_regs) || (regs.cs & 3) != 3)
+        return 0;  // a kernel thread: bpf_get_stack counts it as having no user stack
+    state->key = *key;
+    state->process = *process;
+    state->set = set;
+    state->rip = regs.ip;
+    state->rsp = regs.sp;
+    state->rbp = regs.bp;
+    state->rbp_known = 1;
+    state->stack.ip[0] = regs.ip;
+    state->stack.depth = 1;
+    unwind_programs.call(ctx, 0);
+    // The tail call failed (the program array is empty): frame pointers after all.
+    bump(set, UNWIND_FALLBACK);
+    return 0;
 }
+#endif  // DWARF_UNWINDER
 
 int on_sample(struct bpf_perf_event_data *ctx) {
     u64 id = bpf_get_current_pid_tgid();
@@ -168,42 +532,16 @@ int on_sample(struct bpf_perf_event_data *ctx) {
     key.tid = tid;
     key.cpu = bpf_get_smp_processor_id();
     bpf_get_current_comm(&key.comm, sizeof(key.comm));
-#if USER_STACKS
-    key.user_stack = store_stack(ctx, set, BPF_F_USER_STACK, USER_NOT_PRESENT);
-#endif
 #if KERNEL_STACKS
     key.kernel_stack = store_stack(ctx, set, 0, KERNEL_NOT_PRESENT);
 #endif
-
-#if TRACE_MODE
-    struct sample_event *event = sample_events.ringbuf_reserve(sizeof(struct sample_event));
-    if (!event) {
-        bump(set, SAMPLES_LOST);
-        return 0;
-    }
-    event->ktime_ns = bpf_ktime_get_ns();
-    event->set = set;
-    event->pad = 0;
-    event->key = key;
-    sample_events.ringbuf_submit(event, 0);
-#else
-    u64 one = 1;
-    u64 *count = set ? counts1.lookup(&key) : counts0.lookup(&key);
-    if (count) {
-        __sync_fetch_and_add(count, 1);
-    } else {
-        int error = set ? counts1.insert(&key, &one) : counts0.insert(&key, &one);
-        if (error) {
-            // another CPU may have inserted the same key meanwhile
-            count = set ? counts1.lookup(&key) : counts0.lookup(&key);
-            if (count) {
-                __sync_fetch_and_add(count, 1);
-            } else {
-                bump(set, COUNTS_MAP_FULL);
-                bump(set, SAMPLES_LOST);
-            }
-        }
-    }
+#if USER_STACKS && DWARF_UNWINDER
+    if (start_native_walk(ctx, set, &key))
+        return 0;  // the walk records the sample when it ends
 #endif
+#if USER_STACKS
+    key.user_stack = store_stack(ctx, set, BPF_F_USER_STACK, USER_NOT_PRESENT);
+#endif
+    record_sample(&key, set);
     return 0;
 }

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import tempfile
 import time
+import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from antiprof_core.config import ConfigError, PluginCatalog, build_config
 from antiprof_core.model import FrameKind
 from antiprof_core.symbolize.demangle import demangle
 from antiprof_core.symbolize.elf import read_elf
+from antiprof_core.symbolize.kallsyms import FRAME_BYTES
 from antiprof_core.symbolize.metrics import register_symbolizer_metrics
 from antiprof_core.symbolize.symbolizer import Symbolizer
 from antiprof_core.symbolize.symtab import build_symbol_table
@@ -260,6 +262,34 @@ def test_files_beyond_the_byte_budget_are_evicted_least_recently_used_first(tmp_
     stats = symbolizer.stats()
     assert stats["cache_evictions"] > 0
     assert symbolizer.files.bytes <= symbolizer.files.budget_bytes
+
+
+def test_kernel_frames_stay_within_their_share_of_the_budget_and_memory_is_counted(tmp_path: Path) -> None:
+    """A busy host hits a long tail of kernel addresses: the frames held stop at 1/8 of cache_mb,
+    what Python really holds for them is no more than what cache_bytes says, and names stay right."""
+    base, functions = 0xFFFFFFFF81000000, 20_000
+    kallsyms = tmp_path / "kallsyms"
+    kallsyms.write_text("".join(f"{base + 64 * n:016x} T kernel_function_{n}\n" for n in range(functions)))
+    symbolizer = Symbolizer(proc=tmp_path, cache_bytes=2 << 20)
+    symbolizer.kernel_frame(base, leaf=True)  # reads the table
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        for n in range(functions):
+            for step in (1, 5, 9, 13):
+                symbolizer.kernel_frame(base + 64 * n + step, leaf=True)
+                symbolizer.kernel_frame(base + 64 * n + step, leaf=False)
+        held = tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+    stats = symbolizer.stats()
+    counted = FRAME_BYTES * stats["kernel_frames"]  # cache_bytes counts this for them
+    assert stats["kernel_frames"] == (2 << 20) // 8 // FRAME_BYTES  # of 160k distinct keys seen
+    assert held <= counted <= stats["cache_budget_bytes"] // 8
+    leaf = symbolizer.kernel_frame(base + 64 * 123 + 5, leaf=True)
+    returned = symbolizer.kernel_frame(base + 64 * 124, leaf=False)  # a call that ends function 123
+    assert (leaf.symbol, leaf.offset) == ("kernel_function_123", 5)
+    assert (returned.symbol, returned.offset) == ("kernel_function_123", 64)
 
 
 def test_past_the_deadline_misses_stay_raw_and_are_named_later(tmp_path: Path) -> None:

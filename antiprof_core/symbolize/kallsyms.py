@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 from collections import OrderedDict
 from pathlib import Path
 from typing import Generic, TypeVar
@@ -33,6 +34,10 @@ class LruCache(Generic[K, V]):
     def put(self, key: K, value: V) -> None:
         self._items[key] = value
         self._items.move_to_end(key)
+        self.put_limit()
+
+    def put_limit(self) -> None:
+        """Forget the least recently used entries beyond ``capacity`` (after it was lowered)."""
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
 
@@ -60,28 +65,59 @@ def read_kallsyms(path: Path = Path("/proc/kallsyms")) -> SymbolTable:
     return table
 
 
-class KernelSymbols:
-    """Kernel frames by (address, leaf), reused across windows; kallsyms read on first use."""
+FRAME_BYTES = 400  # one held kernel frame, measured (about 380): Frame, int key, LRU node, at most one name
 
-    def __init__(self, kallsyms: Path, mapping: Mapping | None, capacity: int = 50_000) -> None:
+
+class KernelSymbols:
+    """Kernel frames by (address, leaf), reused across windows; kallsyms read on first use.
+
+    Held within ``budget_bytes`` (a share of ``symbolizer.cache_mb``): a busy host hits a long
+    tail of kernel addresses, and an unbounded cache of them grows for an hour. A miss costs one
+    bisect. Frames of one function share its name string.
+    """
+
+    def __init__(self, kallsyms: Path, mapping: Mapping | None, budget_bytes: int = 4 << 20) -> None:
         self._path = kallsyms
         self._mapping = mapping
         self._table: SymbolTable | None = None
-        self._frames: LruCache[tuple[int, bool], Frame] = LruCache(capacity)
+        self._frames: LruCache[int, Frame] = LruCache(max(budget_bytes // FRAME_BYTES, 1))
+        self._names: dict[int, str] = {}  # by symbol index; emptied when it outgrows the frames
+
+    @property
+    def budget_bytes(self) -> int:
+        return self._frames.capacity * FRAME_BYTES
+
+    @budget_bytes.setter
+    def budget_bytes(self, value: int) -> None:
+        self._frames.capacity = max(value // FRAME_BYTES, 1)
+        self._frames.put_limit()
 
     def frame(self, address: int, leaf: bool) -> Frame:
-        key = (address, leaf)
+        key = address if leaf else ~address  # an int, not a tuple: one object less per entry
         frame = self._frames.get(key)
         if frame is not None:
             return frame
         if self._table is None:
             self._table = read_kallsyms(self._path)
-        found = self._table.lookup(address if leaf else address - 1)
-        symbol, offset = (found[0], found[1] + (0 if leaf else 1)) if found else (None, 0)
+        table = self._table
+        lookup = address if leaf else address - 1
+        index = bisect.bisect_right(table.starts, lookup) - 1
+        symbol, offset = None, 0
+        if index >= 0 and lookup < table.ends[index]:
+            symbol = self._names.get(index)
+            if symbol is None:
+                if len(self._names) >= self._frames.capacity:
+                    self._names.clear()
+                symbol = self._names[index] = table.name(index)
+            offset = lookup - table.starts[index] + (0 if leaf else 1)
         frame = Frame(address=address, kind=FrameKind.KERNEL, symbol=symbol, offset=offset, mapping=self._mapping)
         self._frames.put(key, frame)
         return frame
 
+    def __len__(self) -> int:
+        return len(self._frames)
+
     @property
     def nbytes(self) -> int:
-        return (self._table.nbytes if self._table is not None else 0) + 250 * len(self._frames)
+        """The kallsyms table (read once, fixed) and the frames held."""
+        return (self._table.nbytes if self._table is not None else 0) + FRAME_BYTES * len(self._frames)

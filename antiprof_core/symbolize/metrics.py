@@ -11,9 +11,11 @@ from prometheus_client.registry import Collector
 from antiprof_core.symbolize.symbolizer import Symbolizer
 
 _GAUGES = {
-    "cache_bytes": "Bytes held by the symbolizer's caches (symbol tables, kernel frames)",
-    "cache_budget_bytes": "The symbolizer.cache_mb budget for symbol tables, in bytes",
+    "cache_bytes": "Bytes held by the symbolizer's caches (symbol tables, kernel frames and table, names)",
+    "cache_budget_bytes": "The symbolizer.cache_mb budget (symbol tables, kernel frames, names), in bytes",
     "cache_files": "ELF files held in the symbolizer's cache",
+    "kernel_frames": "Kernel frames held for reuse across windows",
+    "names": "Function names held by (file, offset) for reuse across processes",
     "processes": "Processes the symbolizer knows",
 }
 _COUNTERS = {

@@ -34,7 +34,8 @@ __all__ = ["ANON_PATH", "VDSO_PATH", "LruCache", "ProcessState", "Symbolizer"]
 
 ANON_PATH = "//anon"  # perf's name for anonymous executable memory (JIT code)
 VDSO_PATH = "[vdso]"
-NAME_CACHE_ENTRIES = 20_000
+NAME_BYTES = 400  # one held name, measured: its (file, offset) key, the demangled text, the LRU node
+SHARE_DIVISOR = 8  # kernel frames and names each hold up to 1/8 of symbolizer.cache_mb; files the rest
 MIN_NAMING_SECONDS = 10.0  # short windows still get this long: start-up reads every mapped file once
 DEFAULT_CACHE_BYTES = 32 << 20
 
@@ -56,7 +57,8 @@ class Symbolizer:
         self.processes = ProcessTable(proc)
         self.files = FileCache(cache_bytes, debug_root, self._logger)
         self.kernel = KernelSymbols(proc / "kallsyms", kernel_mapping)
-        self._names: LruCache[tuple[FileKey, int], tuple[str, int]] = LruCache(NAME_CACHE_ENTRIES)
+        self._names: LruCache[tuple[FileKey, int], tuple[str, int]] = LruCache(1)
+        self.set_cache_budget(cache_bytes)
         self._vdso: ElfInfo | bool | None = None
         self.window_index = 0
         self.late_frames = 0  # frames left raw because naming ran past its deadline
@@ -252,18 +254,27 @@ class Symbolizer:
     # --- accounting ---------------------------------------------------------------------
 
     def set_cache_budget(self, cache_bytes: int) -> None:
-        """The ``symbolizer.cache_mb`` budget, in bytes; applies from the next file read."""
-        self.files.budget_bytes = cache_bytes
+        """The ``symbolizer.cache_mb`` budget, in bytes, shared by every cache that grows with what
+        the host runs: kernel frames and names each get up to 1/8, symbol tables the rest (they
+        are held to it from the next file read). The kallsyms table, read once, is not in it."""
+        share = cache_bytes // SHARE_DIVISOR
+        self.kernel.budget_bytes = share
+        self._names.capacity = max(share // NAME_BYTES, 1)
+        self._names.put_limit()
+        self.files.budget_bytes = cache_bytes - 2 * share
+        self.cache_budget_bytes = cache_bytes
 
     def stats(self) -> dict[str, int]:
         """Figures for the agent's metrics."""
         return {
-            "cache_bytes": self.files.bytes + self.kernel.nbytes,
-            "cache_budget_bytes": self.files.budget_bytes,
+            "cache_bytes": self.files.bytes + self.kernel.nbytes + NAME_BYTES * len(self._names),
+            "cache_budget_bytes": self.cache_budget_bytes,
             "cache_files": len(self.files),
             "cache_evictions": self.files.evictions,
             "file_errors": self.files.errors,
             "file_reads": self.files.reads,
+            "kernel_frames": len(self.kernel),
+            "names": len(self._names),
             "processes": len(self.processes),
             "late_frames": self.late_frames,
         }

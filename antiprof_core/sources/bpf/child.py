@@ -10,6 +10,7 @@ Imports nothing of antiprof, so the child loads BCC and little else.
 
 from __future__ import annotations
 
+import ctypes
 import json
 import socket
 import sys
@@ -51,6 +52,11 @@ def _child_main(fd: int) -> int:
     try:
         bpf = BPF(text=request["text"].encode(), cflags=request["cflags"])
         program = bpf.load_func(request["function"].encode(), PERF_EVENT_PROGRAM)
+        for array_name, functions in request.get("tail_calls", {}).items():
+            array = bpf.get_table(array_name.encode())
+            for index, function in enumerate(functions):
+                callee = bpf.load_func(function.encode(), PERF_EVENT_PROGRAM)
+                array[ctypes.c_int(index)] = ctypes.c_int(callee.fd)
     except Exception as exc:
         sys.stderr.flush()
         return reply({"error": f"the BPF program failed to compile or load: {_first_line(exc)}"})

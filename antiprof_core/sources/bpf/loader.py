@@ -52,10 +52,24 @@ class LoadedProgram:
 class Compilation:
     """A compile running in a child process; the agent does other start-up work until ``result()``."""
 
-    def __init__(self, text: str, cflags: list[str], function: str, maps: tuple[str, ...]) -> None:
+    def __init__(
+        self,
+        text: str,
+        cflags: list[str],
+        function: str,
+        maps: tuple[str, ...],
+        tail_calls: dict[str, list[str]] | None = None,
+    ) -> None:
+        """``tail_calls``: program arrays to fill, each with the functions to load into it in order."""
         self.started = time.monotonic()
         self._socket, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
-        request = {"text": text, "cflags": cflags, "function": function, "maps": list(maps)}
+        request = {
+            "text": text,
+            "cflags": cflags,
+            "function": function,
+            "maps": list(maps),
+            "tail_calls": tail_calls or {},
+        }
         try:
             self._child = subprocess.Popen(
                 # -P: the script's folder (this package) is not put on sys.path, where its

@@ -13,6 +13,7 @@ import errno
 import mmap
 import os
 import struct
+from array import array
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -26,6 +27,7 @@ _RINGBUF_BUSY = 1 << 31
 _RINGBUF_DISCARD = 1 << 30
 _RINGBUF_HEADER = 8
 _U64 = struct.Struct("=Q")
+WRITE_BATCH = 65536  # array slots per BPF_MAP_UPDATE_BATCH: bounds the key buffer, and one call's time
 
 
 @frozen
@@ -38,6 +40,12 @@ class MapInfo:
     key_size: int
     value_size: int
     max_entries: int
+
+
+def create_map(name: str, map_type: int, key_size: int, value_size: int, max_entries: int) -> MapInfo:
+    """A new map made by the agent itself (no BCC): maps user space owns, and real maps for tests."""
+    fd = syscalls.map_create(map_type, key_size, value_size, max_entries, name)
+    return MapInfo(name, fd, map_type, key_size, value_size, max_entries)
 
 
 def possible_cpus() -> int:
@@ -113,6 +121,61 @@ class ArrayMap:
         self._index.value = index
         buffer = (ct.c_char * len(value)).from_buffer_copy(value)
         syscalls.update(self.info.fd, self._index, buffer)
+
+    def write_range(self, first: int, values: bytes | bytearray | memoryview) -> None:
+        """Slots ``first, first + 1, ...`` set from ``values`` (whole values back to back).
+
+        One BPF_MAP_UPDATE_BATCH per WRITE_BATCH slots (a 16 MiB table in 16 calls, not a
+        million); kernels or maps without batch update (EINVAL) get one update per slot.
+        """
+        size = self.info.value_size
+        total = len(values) // size
+        if total * size != len(values):
+            raise ValueError(f"{len(values)} bytes are not whole {size}-byte values of map {self.info.name}")
+        if first < 0 or first + total > self.info.max_entries:
+            raise IndexError(f"slots {first}..{first + total} are outside map {self.info.name}")
+        view = memoryview(values).cast("B")
+        done = 0
+        batched = self.info.type != syscalls.MAP_TYPE_PERCPU_ARRAY
+        while done < total:
+            count = min(total - done, WRITE_BATCH)
+            chunk = view[done * size : (done + count) * size]
+            if batched:
+                indices = array("I", range(first + done, first + done + count))
+                keys = (ct.c_uint32 * count).from_buffer(indices)
+                buffer = (ct.c_char * len(chunk)).from_buffer_copy(chunk)
+                try:
+                    written = syscalls.update_batch(self.info.fd, keys, buffer, count)
+                except syscalls.BpfError as exc:
+                    if exc.errno != errno.EINVAL:
+                        raise
+                    batched = False
+                    continue
+                if written != count:  # the kernel stops early only on an error it also returned
+                    raise syscalls.BpfError(errno.EIO, f"batch update wrote {written} of {count} slots")
+            else:
+                for offset in range(count):
+                    self.write(first + done + offset, chunk[offset * size : (offset + 1) * size].tobytes())
+            done += count
+
+    def read_range(self, first: int, count: int) -> bytes:
+        """Slots ``first .. first + count - 1`` as bytes, in one BPF_MAP_LOOKUP_BATCH when it can."""
+        size = self.info.value_size
+        if count <= 0:
+            return b""
+        if self.info.type != syscalls.MAP_TYPE_PERCPU_ARRAY:
+            keys = (ct.c_uint32 * count)()
+            buffer = (ct.c_char * (size * count))()
+            token = ct.c_uint64(max(first - 1, 0))  # the batch starts after the key in the token
+            try:
+                got, _ = syscalls.lookup_batch(self.info.fd, token, first == 0, keys, buffer, count)
+            except syscalls.BpfError as exc:
+                if exc.errno != errno.EINVAL:
+                    raise
+            else:
+                if got == count and keys[0] == first:
+                    return buffer.raw
+        return b"".join(self.read(index) for index in range(first, first + count))
 
 
 class RingBuffer:

@@ -12,7 +12,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from antiprof_core.config import SamplerConfig
-from antiprof_core.model import SamplingMode
+from antiprof_core.model import SamplingMode, Unwinder
 
 TASK_COMM_LEN = 16
 # Order of the per-CPU counter slots; keep in sync with `enum counter` in bpf/profile.bpf.c.
@@ -28,6 +28,12 @@ COUNTER_NAMES = (
     "kernel_map_full",
     "kernel_other",
     "counts_map_full",
+    "unwind_fallback",
+    "unwind_no_table",
+    "unwind_no_row",
+    "unwind_unsupported",
+    "unwind_bad_read",
+    "unwind_depth",
 )
 STACK_ERROR_NAMES = COUNTER_NAMES[2:]
 MIN_STACKS = 4096
@@ -35,6 +41,11 @@ HEADROOM = 2  # entries per possible stack of a window: room for a drain that co
 MAX_DEFAULT_STACKS = 65536
 MAX_PIDS = 8192
 PROGRAM_FUNCTION = "on_sample"
+UNWIND_FUNCTION = "unwind_frames"  # the native unwinder's tail-called program
+UNWIND_PROGRAMS = "unwind_programs"  # its program array
+UNWIND_MAPS = ("unwind_rows", "unwind_mappings", "unwind_processes")
+MAPPINGS_PER_PROCESS = 32  # unwind_mappings entries per unwind_processes entry, on average
+TAIL_CALLS = 33  # the kernel's limit of program runs per sample (MAX_TAIL_CALL_CNT + 1)
 
 # struct sample_key: tgid, tid, cpu, (pad), user stack hash, kernel stack hash, comm
 SAMPLE_KEY = struct.Struct(f"=IIIxxxxQQ{TASK_COMM_LEN}s")
@@ -49,13 +60,40 @@ def stack_value_size(config: SamplerConfig) -> int:
     return 8 + 8 * config.max_stack_depth
 
 
+def native_unwinder(config: SamplerConfig) -> bool:
+    """Whether the program walks user stacks with unwind tables (``auto`` and ``dwarf``)."""
+    return config.user_stacks and config.unwinder is not Unwinder.FRAME_POINTER
+
+
 def map_names(config: SamplerConfig) -> tuple[str, ...]:
-    """The maps the agent reads, as the program declares them for this config."""
+    """The maps the agent reads, as the program declares them for this config.
+
+    With the native unwinder, the program array too: the kernel empties a program array once no
+    process holds it open, so the agent keeps its descriptor.
+    """
     names = ["active_set", "counters", "stacks0", "stacks1", "known_tgids", "new_tgids"]
     names += ["sample_events"] if config.mode is SamplingMode.TRACE else ["counts0", "counts1"]
     if config.pids:
         names.append("pid_filter")
+    if native_unwinder(config):
+        names += [*UNWIND_MAPS, UNWIND_PROGRAMS]
     return tuple(names)
+
+
+def tail_calls(config: SamplerConfig) -> dict[str, list[str]]:
+    """Program arrays and the functions the compiler child loads into them, in order."""
+    return {UNWIND_PROGRAMS: [UNWIND_FUNCTION]} if native_unwinder(config) else {}
+
+
+def frames_per_call(config: SamplerConfig) -> int:
+    """Frames one run of the unwinder walks: enough that the tail-call limit covers max_stack_depth."""
+    return max(1, -(-config.max_stack_depth // (TAIL_CALLS - 1)))
+
+
+def unwind_kernel_bytes(config: SamplerConfig) -> int:
+    """Kernel memory of the unwinder's maps: 16 bytes a row, 32 a mapping, about 80 a process."""
+    processes = config.unwind_processes
+    return 16 * config.unwind_table_rows + 32 * MAPPINGS_PER_PROCESS * processes + 80 * processes
 
 
 def _next_power_of_two(value: int) -> int:
@@ -98,6 +136,12 @@ def cflags(config: SamplerConfig, max_stacks: int, cpus: int) -> list[str]:
         f"-DUSER_STACKS={int(config.user_stacks)}",
         f"-DINCLUDE_IDLE={int(config.include_idle)}",
         f"-DTRACE_MODE={int(config.mode is SamplingMode.TRACE)}",
+        f"-DDWARF_UNWINDER={int(native_unwinder(config))}",
+        f"-DUNWIND_FP_FALLBACK={int(config.unwinder is Unwinder.AUTO)}",
+        f"-DUNWIND_ROWS={config.unwind_table_rows}",
+        f"-DUNWIND_MAPPINGS={MAPPINGS_PER_PROCESS * config.unwind_processes}",
+        f"-DUNWIND_PROCESSES={config.unwind_processes}",
+        f"-DFRAMES_PER_CALL={frames_per_call(config)}",
         "-Wno-macro-redefined",
     ]
 

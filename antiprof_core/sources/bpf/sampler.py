@@ -25,8 +25,10 @@ import threading
 import time
 from pathlib import Path
 
+import attrs
+
 from antiprof_core.config import SamplerConfig
-from antiprof_core.model import Host, ProfileWindow, SamplingMode
+from antiprof_core.model import Host, ProfileWindow, SamplingMode, Unwinder
 from antiprof_core.sources import SourceUnavailable
 from antiprof_core.sources.bpf import syscalls
 from antiprof_core.sources.bpf.availability import bpf_unavailable_reason
@@ -43,10 +45,14 @@ from antiprof_core.sources.bpf.program import (
     decode_stacks,
     kernel_memory_bytes,
     map_names,
+    native_unwinder,
     online_cpus,
     stack_map_size,
+    tail_calls,
 )
 from antiprof_core.sources.bpf.window import RawSample, build_window, overflow_warning
+from antiprof_core.sources.unwind.kernelmaps import NativeUnwindMaps
+from antiprof_core.sources.unwind.worker import UnwindTableBuilder
 from antiprof_core.symbolize.symbolizer import Symbolizer
 
 SETTLE_SECONDS = 0.005  # a BPF program that read the old set index finishes within microseconds
@@ -92,11 +98,17 @@ class BpfSampler:
         self._consumed = threading.Event()
         self._poll_thread: threading.Thread | None = None
         self._poll_error: BaseException | None = None
+        self._unwind_maps: NativeUnwindMaps | None = None  # when the program walks with unwind tables
 
     # --- life cycle ---------------------------------------------------------------------
 
     def cflags(self) -> list[str]:
         return cflags(self.config, self.max_stacks, self.cpus)
+
+    def _compile(self) -> Compilation:
+        return Compilation(
+            self.program_text, self.cflags(), PROGRAM_FUNCTION, map_names(self.config), tail_calls(self.config)
+        )
 
     def start(self) -> None:
         """Compile apart, attach on every online CPU; returns when sampling has begun."""
@@ -107,7 +119,7 @@ class BpfSampler:
         self.logger.info(
             "compiling the BPF program in a child process (BCC and LLVM stay there: about 175 MiB for a few seconds)"
         )
-        compilation = Compilation(self.program_text, self.cflags(), PROGRAM_FUNCTION, map_names(self.config))
+        compilation = self._compile()
         # Meanwhile, what needs no program: the perf events (opened disabled) and the kernel's symbols.
         try:
             self._events_fds = [syscalls.open_cpu_clock(cpu, self.config.frequency_hz) for cpu in self.online]
@@ -118,7 +130,18 @@ class BpfSampler:
         if self.config.kernel_stacks:
             self.symbolizer.kernel_frame(0, True)  # reads kallsyms now, while the child compiles
         try:
-            program, diagnostics = compilation.result()
+            try:
+                program, diagnostics = compilation.result()
+            except SourceUnavailable as exc:
+                if self.config.unwinder is not Unwinder.AUTO or not native_unwinder(self.config):
+                    raise
+                # "auto" asks for the best walk the kernel allows: without the native unwinder
+                # (no BTF for bpf_task_pt_regs, a verifier that refuses it), frame pointers.
+                self.logger.warning(
+                    "the native unwinder cannot be loaded (%s); walking user stacks by frame pointers", exc
+                )
+                self.config = attrs.evolve(self.config, unwinder=Unwinder.FRAME_POINTER)
+                program, diagnostics = self._compile().result()
         except SourceUnavailable:
             self._close_events()
             raise
@@ -142,13 +165,14 @@ class BpfSampler:
         self.attached_seconds = time.monotonic() - started
         self.logger.info(
             "sampling attached in %.2f s (compile %.2f s, compiler child peak %.0f MiB): %d CPUs at %d Hz"
-            " (%s mode); %d stacks per map set (%.0f MiB of kernel memory)",
+            " (%s mode, user stacks by %s); %d stacks per map set (%.0f MiB of kernel memory)",
             self.attached_seconds,
             program.compile_seconds,
             program.compiler_peak_bytes / MIB,
             self.cpus,
             self.config.frequency_hz,
             self.config.mode.value,
+            "unwind tables, else frame pointers" if native_unwinder(self.config) else "frame pointers",
             self.max_stacks,
             kernel_memory_bytes(self.config, self.max_stacks) / MIB,
         )
@@ -166,12 +190,19 @@ class BpfSampler:
             for pid in self.config.pids:
                 pid_filter.set(ct.c_uint32(pid), ct.c_uint8(1))
         self._rings = [RingBuffer(maps["new_tgids"], self._on_new_tgid)]
+        if "unwind_rows" in maps:
+            cache_dir = Path(self.config.unwind_cache_dir) if self.config.unwind_cache_dir else None
+            builder = UnwindTableBuilder(cache_dir)
+            self._unwind_maps = NativeUnwindMaps(maps, self.config, self.logger.getChild("unwind"), builder)
         if self.trace:
             self._rings.append(RingBuffer(maps["sample_events"], self._on_sample_event))
 
     def close(self) -> None:
         self._stop.set()
         self._close_events()  # detaches the program from every CPU
+        unwind_maps, self._unwind_maps = self._unwind_maps, None
+        if unwind_maps is not None:  # before the maps' fds are closed with the program
+            unwind_maps.close()
         poll_thread, self._poll_thread = self._poll_thread, None
         if poll_thread is not None:
             poll_thread.join(timeout=10)
@@ -219,7 +250,10 @@ class BpfSampler:
         for ring in self._rings:
             ring.consume()
         while self._new_tgids:
-            self.symbolizer.note_process(self._new_tgids.pop())
+            tgid = self._new_tgids.pop()
+            self.symbolizer.note_process(tgid)
+            if self._unwind_maps is not None:
+                self._unwind_maps.note_process(tgid)
 
     def _consume_ring_buffers(self) -> None:
         """Have the poll thread (the only one that touches the ring buffers) empty them now."""
@@ -273,6 +307,10 @@ class BpfSampler:
             deadline=deadline,
         )
         self._window_start = end_ns
+        if self._unwind_maps is not None:
+            self._unwind_maps.on_window(sampled=window.processes.keys())
+            counters_now = attrs.evolve(window.counters, unwind_tables=self._unwind_maps.counters())
+            window = attrs.evolve(window, counters=counters_now)
         warning = overflow_warning(counters, self.max_stacks)
         if warning:
             self.logger.warning("%s", warning)

@@ -23,11 +23,14 @@ _syscall = _libc.syscall
 _syscall.restype = ct.c_long
 
 # bpf(2) commands, from include/uapi/linux/bpf.h
+MAP_CREATE = 0
 MAP_LOOKUP_ELEM = 1
 MAP_UPDATE_ELEM = 2
 MAP_DELETE_ELEM = 3
 OBJ_GET_INFO_BY_FD = 15
+MAP_LOOKUP_BATCH = 24
 MAP_LOOKUP_AND_DELETE_BATCH = 25
+MAP_UPDATE_BATCH = 26
 
 # map types the agent reads
 MAP_TYPE_HASH = 1
@@ -69,6 +72,21 @@ class _BatchAttr(ct.Structure):
         ("map_fd", ct.c_uint32),
         ("elem_flags", ct.c_uint64),
         ("flags", ct.c_uint64),
+    ]
+
+
+class _CreateAttr(ct.Structure):
+    """The head of the BPF_MAP_CREATE attributes: a plain map, no BTF, no inner map."""
+
+    _fields_ = [
+        ("map_type", ct.c_uint32),
+        ("key_size", ct.c_uint32),
+        ("value_size", ct.c_uint32),
+        ("max_entries", ct.c_uint32),
+        ("map_flags", ct.c_uint32),
+        ("inner_map_fd", ct.c_uint32),
+        ("numa_node", ct.c_uint32),
+        ("map_name", ct.c_char * 16),
     ]
 
 
@@ -175,6 +193,50 @@ def lookup_and_delete_batch(
         _bpf(MAP_LOOKUP_AND_DELETE_BATCH, attr)
     except BpfError as exc:
         if exc.errno == errno.ENOENT:  # the last batch: attr.count says how many it held
+            return attr.count, True
+        raise
+    return attr.count, False
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, name: str = "", flags: int = 0) -> int:
+    """A new map's fd (close-on-exec): the agent's own maps, and real maps for tests without BCC."""
+    attr = _CreateAttr(
+        map_type=map_type,
+        key_size=key_size,
+        value_size=value_size,
+        max_entries=max_entries,
+        map_flags=flags,
+        map_name=name.encode()[:15],
+    )
+    return _bpf(MAP_CREATE, attr)
+
+
+def update_batch(fd: int, keys: ct._CData, values: ct._CData, count: int) -> int:
+    """One BPF_MAP_UPDATE_BATCH of ``count`` keys and values (flat, back to back): how many were written.
+
+    Raises BpfError; EINVAL means the kernel (before 5.6) or the map type has no batch update.
+    """
+    attr = _BatchAttr(keys=ct.addressof(keys), values=ct.addressof(values), count=count, map_fd=fd)
+    _bpf(MAP_UPDATE_BATCH, attr)
+    return int(attr.count)
+
+
+def lookup_batch(
+    fd: int, token: ct.c_uint64, first: bool, keys: ct._CData, values: ct._CData, count: int
+) -> tuple[int, bool]:
+    """One BPF_MAP_LOOKUP_BATCH: (entries copied into keys/values, whether the map is done); nothing deleted."""
+    attr = _BatchAttr(
+        in_batch=0 if first else ct.addressof(token),
+        out_batch=ct.addressof(token),
+        keys=ct.addressof(keys),
+        values=ct.addressof(values),
+        count=count,
+        map_fd=fd,
+    )
+    try:
+        _bpf(MAP_LOOKUP_BATCH, attr)
+    except BpfError as exc:
+        if exc.errno == errno.ENOENT:
             return attr.count, True
         raise
     return attr.count, False
