@@ -54,7 +54,6 @@ from antiprof_core.testing.workloads import build_two_function_workload
 
 pytestmark = pytest.mark.bpf
 
-PENDING = pytest.mark.xfail(strict=False, reason="in-kernel unwinder not merged yet")
 NICE = ("nice", "-n", "-20")
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 
@@ -159,7 +158,6 @@ def test_the_workload_has_no_frame_pointer_prologues(no_fp_program: Path, tmp_pa
     assert with_fp == {"work_heavy": True, "work_light": True, "cycle": True}
 
 
-@PENDING
 def test_dwarf_walks_every_sample_to_main_with_true_shares(no_fp_program: Path, tmp_path: Path) -> None:
     require_bpf()
     with running(no_fp_program) as workload:
@@ -229,7 +227,6 @@ def test_perf_walks_debian_binaries_to_main(debian: SideBySide, workload: str) -
     assert entry_share(stacks) >= 0.95
 
 
-@PENDING
 @pytest.mark.parametrize("workload", DEBIAN_WORKLOADS)
 def test_antiprof_reaches_main_as_often_as_perf(debian: SideBySide, workload: str) -> None:
     assert debian.run.returncode == 0, debian.run.stderr
@@ -241,7 +238,6 @@ def test_antiprof_reaches_main_as_often_as_perf(debian: SideBySide, workload: st
     assert ours == pytest.approx(perfs, abs=0.03)
 
 
-@PENDING
 def test_python_stacks_reach_py_bytes_main_from_both_functions(debian: SideBySide) -> None:
     samples = debian.run.samples(debian.pids["python3.11"])
     assert share_with(samples, lambda names: "Py_BytesMain" in names) >= 0.95
@@ -270,7 +266,6 @@ def test_perf_shows_the_comparator_under_libc_qsort_under_main(debian: SideBySid
     assert sum(comparator_chain(list(stack.symbols)) for stack in in_comparator) >= 0.95 * len(in_comparator)
 
 
-@PENDING
 def test_antiprof_shows_the_comparator_under_libc_qsort_under_main(debian: SideBySide) -> None:
     samples = debian.run.samples(debian.pids["qsort"])
     assert total_share(samples, QSORT_COMPARATOR) > 0.5
@@ -312,7 +307,6 @@ def logged_run(directory: Path, workload: subprocess.Popen[bytes], cache: Path) 
     return agent.stderr, samples_of(settled(read_windows(directory / "dwarf.jsonl")), workload.pid)
 
 
-@PENDING
 def test_a_restart_loads_tables_from_the_cache_and_a_corrupt_file_is_rebuilt(
     no_fp_program: Path, tmp_path: Path
 ) -> None:
