@@ -289,7 +289,7 @@ def compare_unwinders(unwinders: list[str], seconds: float, frequency: int) -> N
         for unwinder in unwinders:
             agent_dirs[unwinder] = directory / unwinder
             config = write_agent_config(agent_dirs[unwinder], pids, unwinder, frequency, directory / "cache")
-            agents[unwinder] = stack.enter_context(RunningAgent(config, agent_dirs[unwinder]))
+            agents[unwinder] = stack.enter_context(RunningAgent(config, agent_dirs[unwinder], ready_timeout=600))
         measured = [measure_phase(phase, agents, seconds, frequency, directory) for phase in phases]
         for agent in agents.values():
             agent.stop()
