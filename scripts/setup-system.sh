@@ -15,6 +15,7 @@ PACKAGES=(
   gdb              # unwinding tests compare our native stack walk with gdb's backtrace
   python3.11-dev   # CPython's internal headers: the Python frame-offset table is checked against them
   systemd          # systemd-analyze verify: the install test checks examples/deploy/antiprof.service
+  xz-utils         # unwinding tests sample Debian's own xz (built without frame pointers)
 )
 
 log() { echo "antiprof setup: $*" >&2; }
