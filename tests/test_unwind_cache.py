@@ -6,6 +6,8 @@ from __future__ import annotations
 import logging
 import os
 import stat
+import subprocess
+import sys
 from concurrent.futures import Future
 from pathlib import Path
 
@@ -18,6 +20,7 @@ from antiprof_core.sources.unwind.cache import CacheUnavailable, TableCache
 from antiprof_core.sources.unwind.elfsections import read_sections
 from antiprof_core.sources.unwind.table import UnwindTable
 from antiprof_core.sources.unwind.worker import TableResult, UnwindTableBuilder
+from antiprof_core.testing.agent import wait_until
 
 LIBC = "/lib/x86_64-linux-gnu/libc.so.6"
 PYTHON = "/usr/bin/python3.11"
@@ -153,3 +156,34 @@ def test_the_cache_directory_is_configurable() -> None:
     assert default.sampler.unwind_cache_dir == "/var/cache/antiprof/unwind"
     custom = build_config({"sampler": {"unwind_cache_dir": "/tmp/tables"}}, PluginCatalog(), {})
     assert custom.sampler.unwind_cache_dir == "/tmp/tables"
+
+
+OWNER_OF_A_BUILDER = """
+import multiprocessing, os, sys, time
+from antiprof_core.sources.unwind.worker import UnwindTableBuilder
+builder = UnwindTableBuilder(None)
+builder.request(os.path.realpath(sys.executable)).result(timeout=120)
+print(*[child.pid for child in multiprocessing.active_children()], flush=True)
+time.sleep(3600)
+"""
+
+
+def test_the_worker_exits_when_the_agent_is_killed() -> None:
+    """A SIGKILLed agent runs no shutdown: its table worker must not live on as an orphan."""
+    owner = subprocess.Popen([sys.executable, "-c", OWNER_OF_A_BUILDER], stdout=subprocess.PIPE, text=True)
+    try:
+        assert owner.stdout is not None
+        workers = [int(pid) for pid in owner.stdout.readline().split()]
+        assert workers and all(Path(f"/proc/{pid}").exists() for pid in workers)
+    finally:
+        owner.kill()
+        owner.wait()
+    wait_until(lambda: not any(_running(pid) for pid in workers), timeout=30, what="the orphaned worker to exit")
+
+
+def _running(pid: int) -> bool:
+    """Alive and not a zombie (an exited orphan is reaped by init, but maybe not at once)."""
+    try:
+        return " Z " not in Path(f"/proc/{pid}/stat").read_text().split(")", 1)[1][:3] + " "
+    except OSError:
+        return False

@@ -11,6 +11,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import multiprocessing
+import os
 import threading
 import time
 from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
@@ -73,6 +74,21 @@ def load_or_build(
     return TableResult(table, False, time.perf_counter() - started)
 
 
+PARENT_CHECK_SECONDS = 1.0
+
+
+def _exit_with_parent(parent_pid: int) -> None:
+    """In the worker: exit once the agent is gone. A SIGKILLed agent runs no shutdown, and an
+    orphaned worker would otherwise live on (and keep its memory) until the host reboots."""
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_SECONDS)
+        os._exit(0)
+
+    threading.Thread(target=watch, name="antiprof-unwind-parent-watch", daemon=True).start()
+
+
 class UnwindTableBuilder:
     """``request(path)`` -> Future[TableResult]; never blocks; one build per file at a time."""
 
@@ -93,7 +109,12 @@ class UnwindTableBuilder:
         if not self._process:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="antiprof-unwind")
         # spawn, not fork: the agent has threads (and BCC) that a forked child must not inherit
-        executor = ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"))
+        executor = ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn"),
+            initializer=_exit_with_parent,
+            initargs=(os.getpid(),),
+        )
         executor.submit(int)  # start the worker now, so no request pays for the spawn
         return executor
 
