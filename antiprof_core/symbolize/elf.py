@@ -23,7 +23,7 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 from elftools.elf.segments import NoteSegment
 
-from antiprof_core.symbolize.symtab import EMPTY, SymbolTable, SymbolTableBuilder, build_symbol_table
+from antiprof_core.symbolize.symtab import EMPTY, SymbolTable, build_symbol_table
 from antiprof_core.symbolize.untrusted import BoundedReader
 
 DEBUG_ROOT = Path("/usr/lib/debug")
@@ -100,8 +100,9 @@ def _sections(elf: ELFFile) -> list[Any]:
     return sections
 
 
-def _add_symbols(elf: ELFFile, builder: SymbolTableBuilder) -> None:
-    """Function symbols of .symtab and .dynsym, as (value, size, name), into ``builder``."""
+def _symbol_entries(elf: ELFFile) -> list[tuple[int, int, bytes]]:
+    """Function symbols of .symtab and .dynsym as (value, size, name)."""
+    entries: list[tuple[int, int, bytes]] = []
     order = "<" if elf.little_endian else ">"
     for section in _sections(elf):
         if not isinstance(section, SymbolTableSection) or section["sh_type"] == "SHT_NOBITS":
@@ -131,7 +132,8 @@ def _add_symbols(elf: ELFFile, builder: SymbolTableBuilder) -> None:
             name = strings[name_offset : end if end >= 0 else name_offset + 4096]
             name = name.split(b"@", 1)[0] or name  # clock_gettime@GLIBC_2.2.5: drop the version
             if name:
-                builder.add(value, size, name)
+                entries.append((value, size, name))
+    return entries
 
 
 def _note_build_id(notes: Iterator[Any]) -> str | None:
@@ -206,22 +208,19 @@ def _parse(stream: BinaryIO, path: str, symbols: bool, open_debug: DebugOpener |
     if not symbols:
         return ElfInfo(path=path, build_id=build_id, segments=segments, symbols=EMPTY)
     debuglink = _debuglink(elf)
-    builder = SymbolTableBuilder()
-    _add_symbols(elf, builder)
+    entries = _symbol_entries(elf)
     symbols_from = None
     if not _has_symtab(elf) and open_debug is not None:
         for kind, candidate in debug_file_candidates(path, build_id, debuglink):
             debug_stream = open_debug(kind, candidate)
             if debug_stream is None:
                 continue
-            own = len(builder)
             try:
                 debug_elf = ELFFile(debug_stream)
                 if build_id and _build_id(debug_elf) not in (None, build_id):
                     continue
-                _add_symbols(debug_elf, builder)
+                entries += _symbol_entries(debug_elf)
             except Exception:  # a bad debug file is skipped, the binary's own symbols still count
-                builder.truncate(own)
                 continue
             finally:
                 debug_stream.close()
@@ -231,7 +230,7 @@ def _parse(stream: BinaryIO, path: str, symbols: bool, open_debug: DebugOpener |
         path=path,
         build_id=build_id,
         segments=segments,
-        symbols=builder.build(),
+        symbols=build_symbol_table(entries),
         debuglink=debuglink,
         symbols_from=symbols_from,
     )
