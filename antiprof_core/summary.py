@@ -27,12 +27,18 @@ def frame_label(frame: Frame) -> tuple[str, str]:
 
 
 class HottestFunctions(Consumer):
-    """Adds up self (leaf) and total (anywhere on the stack) samples per function."""
+    """Adds up self (leaf) and total (anywhere on the stack) samples per function.
+
+    Ranked by self, then total, then nearness to the leaf: with whole stacks, ``_start``,
+    ``__libc_start_main`` and ``main`` all cost 100%, and of those the caller nearest the hot
+    code is the one worth a row.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._self: collections.Counter[tuple[str, str]] = collections.Counter()
         self._total: collections.Counter[tuple[str, str]] = collections.Counter()
+        self._depth: collections.Counter[tuple[str, str]] = collections.Counter()  # frames from the leaf x samples
         self.samples = 0
 
     def consume(self, window: ProfileWindow) -> None:
@@ -42,10 +48,17 @@ class HottestFunctions(Consumer):
                     continue
                 self.samples += sample.count
                 self._self[frame_label(sample.stack[0])] += sample.count
-                for label in {frame_label(frame) for frame in sample.stack}:
+                nearest: dict[tuple[str, str], int] = {}
+                for depth, frame in enumerate(sample.stack):
+                    nearest.setdefault(frame_label(frame), depth)
+                for label, depth in nearest.items():
                     self._total[label] += sample.count
+                    self._depth[label] += depth * sample.count
 
     def top(self, limit: int = 20) -> list[FunctionCost]:
         with self._lock:
-            ranked = sorted(self._total, key=lambda key: (-self._self[key], -self._total[key], key))
+            ranked = sorted(
+                self._total,
+                key=lambda key: (-self._self[key], -self._total[key], self._depth[key] / self._total[key], key),
+            )
             return [FunctionCost(f, m, self._self[(f, m)], self._total[(f, m)]) for f, m in ranked[:limit]]
