@@ -34,6 +34,10 @@ _MAX_FDS = 64
 CHILD_SCRIPT = Path(__file__).with_name("child.py")  # run as a script: no antiprof module in the child
 
 
+class CompileTimeout(SourceUnavailable):
+    """The compiler child did not answer in time: a slow host, not a kernel that refuses the program."""
+
+
 @frozen
 class LoadedProgram:
     """The agent's file descriptors for the loaded program and its maps, and what loading cost."""
@@ -42,9 +46,10 @@ class LoadedProgram:
     maps: dict[str, MapInfo]
     compile_seconds: float
     compiler_peak_bytes: int  # the child's VmHWM
+    attachments: tuple[int, ...] = ()  # raw tracepoint links: attached while these stay open
 
     def close(self) -> None:
-        for fd in (self.program_fd, *(info.fd for info in self.maps.values())):
+        for fd in (self.program_fd, *(info.fd for info in self.maps.values()), *self.attachments):
             with contextlib.suppress(OSError):
                 os.close(fd)
 
@@ -59,8 +64,10 @@ class Compilation:
         function: str,
         maps: tuple[str, ...],
         tail_calls: dict[str, list[str]] | None = None,
+        raw_tracepoints: dict[str, str] | None = None,
     ) -> None:
-        """``tail_calls``: program arrays to fill, each with the functions to load into it in order."""
+        """``tail_calls``: program arrays to fill, each with the functions to load into it in order;
+        ``raw_tracepoints``: tracepoint name to the function the child attaches to it."""
         self.started = time.monotonic()
         self._socket, child_end = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         request = {
@@ -69,6 +76,7 @@ class Compilation:
             "function": function,
             "maps": list(maps),
             "tail_calls": tail_calls or {},
+            "raw_tracepoints": raw_tracepoints or {},
         }
         try:
             self._child = subprocess.Popen(
@@ -96,7 +104,7 @@ class Compilation:
             _, stderr = self._child.communicate(self._request, timeout=timeout)
         except subprocess.TimeoutExpired:
             self.cancel()
-            raise SourceUnavailable(f"the BPF compiler did not finish within {timeout:.0f} s") from None
+            raise CompileTimeout(f"the BPF compiler did not finish within {timeout:.0f} s") from None
         diagnostics = stderr.decode(errors="replace")
         try:
             self._socket.setblocking(False)
@@ -114,12 +122,14 @@ class Compilation:
                 os.close(fd)
             raise SourceUnavailable(_error_line(reply, diagnostics, self._child.returncode))
         program_fd, *map_fds = fds
+        map_fds, attachments = map_fds[: len(reply["maps"])], map_fds[len(reply["maps"]) :]
         maps = {name: _map_info(name, fd) for name, fd in zip(reply["maps"], map_fds, strict=True)}
         loaded = LoadedProgram(
             program_fd=program_fd,
             maps=maps,
             compile_seconds=time.monotonic() - self.started,
             compiler_peak_bytes=int(reply.get("peak_bytes", 0)),
+            attachments=tuple(attachments),
         )
         return loaded, diagnostics
 
