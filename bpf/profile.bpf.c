@@ -99,6 +99,21 @@ BPF_HASH(pid_filter, u32, u8, MAX_PIDS);
 BPF_TABLE("lru_hash", u32, u8, known_tgids, MAX_PIDS);
 BPF_RINGBUF_OUTPUT(new_tgids, 4);
 
+enum announce_reason {
+    ANNOUNCE_NEW = 0,       // first sample of the tgid (or first since an exec)
+    ANNOUNCE_UNMAPPED = 1,  // the native walk met code outside the mappings it was given
+};
+
+struct announcement {
+    u32 tgid;
+    u32 reason;
+};
+
+static __always_inline void announce(u32 tgid, u32 reason) {
+    struct announcement message = {.tgid = tgid, .reason = reason};
+    new_tgids.ringbuf_output(&message, sizeof(message), 0);
+}
+
 static __always_inline void bump(u32 set, u32 slot) {
     u32 index = set * COUNTER_SLOTS + slot;
     u64 *value = counters.lookup(&index);
@@ -270,6 +285,22 @@ BPF_ARRAY(unwind_mappings, struct unwind_mapping, UNWIND_MAPPINGS);
 BPF_HASH(unwind_processes, u32, struct unwind_process, UNWIND_PROCESSES);
 BPF_PERCPU_ARRAY(unwind_scratch, struct unwind_state, 1);
 BPF_PROG_ARRAY(unwind_programs, 1);
+// When each process last asked for its mappings to be read again (ktime): at most once a second.
+BPF_TABLE("lru_hash", u32, u64, unwind_replan_asked, UNWIND_PROCESSES);
+
+#define REPLAN_INTERVAL_NS 1000000000ULL
+
+// The pc is in none of the process's mappings with tables: a library loaded (or the loader had
+// not mapped it yet) since the agent read /proc/PID/maps, or code with no table (JIT, stripped).
+// Ask the agent to read the mappings again, rate-limited, for JIT code asks every second.
+static __always_inline void ask_for_replan(u32 tgid) {
+    u64 now = bpf_ktime_get_ns();
+    u64 *asked = unwind_replan_asked.lookup(&tgid);
+    if (asked && now - *asked < REPLAN_INTERVAL_NS)
+        return;
+    unwind_replan_asked.update(&tgid, &now);
+    announce(tgid, ANNOUNCE_UNMAPPED);
+}
 
 enum step_result {
     STEP_NEXT = 0,           // a caller was found and recorded
@@ -342,12 +373,16 @@ static __always_inline int unwind_step_one(struct unwind_state *state) {
         else
             high = middle;
     }
-    if (low == 0)
+    if (low == 0) {
+        ask_for_replan(state->key.tgid);
         return frame_pointer_step(state);
+    }
     u32 found = state->process.first + low - 1;
     struct unwind_mapping *mapping = unwind_mappings.lookup(&found);
-    if (!mapping || lookup_pc >= mapping->end || mapping->row_count == 0)
+    if (!mapping || lookup_pc >= mapping->end || mapping->row_count == 0) {
+        ask_for_replan(state->key.tgid);
         return frame_pointer_step(state);
+    }
     u64 relative = lookup_pc - mapping->bias;
     u32 row_start = mapping->row_start;
     u32 row_count = mapping->row_count;
@@ -523,7 +558,7 @@ int on_sample(struct bpf_perf_event_data *ctx) {
     if (tgid != 0 && !known_tgids.lookup(&tgid)) {
         u8 yes = 1;
         if (known_tgids.insert(&tgid, &yes) == 0)
-            new_tgids.ringbuf_output(&tgid, sizeof(tgid), 0);
+            announce(tgid, ANNOUNCE_NEW);
     }
 
     struct sample_key key;
@@ -543,5 +578,19 @@ int on_sample(struct bpf_perf_event_data *ctx) {
     key.user_stack = store_stack(ctx, set, BPF_F_USER_STACK, USER_NOT_PRESENT);
 #endif
     record_sample(&key, set);
+    return 0;
+}
+
+// ---- exec ------------------------------------------------------------------------------------
+// An exec replaces a process's code under the same PID. Forgetting the process here makes its
+// next sample announce it again (new_tgids), so the agent reads its names and mappings anew;
+// until its new unwind tables are in, it is walked by frame pointers and counted as a fallback,
+// never with the old program's tables. Raw tracepoint sched_process_exec: no kernel struct read.
+int on_exec(void *ctx) {
+    u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    known_tgids.delete(&tgid);
+#if DWARF_UNWINDER
+    unwind_processes.delete(&tgid);
+#endif
     return 0;
 }

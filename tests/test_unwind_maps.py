@@ -650,7 +650,7 @@ def test_the_sampler_fills_the_unwind_maps_and_reports_their_counters(spawn) -> 
         unwind = sampler._unwind_maps
         assert unwind is not None
         process = python_ready(spawn)
-        sampler._on_new_tgid(struct.pack("<I", process.pid))  # as the new_tgids ring buffer delivers it
+        sampler._on_new_tgid(struct.pack("<II", process.pid, 0))  # as the new_tgids ring buffer delivers it
         deadline = time.monotonic() + READY_SECONDS
         value = (ct.c_char * UNWIND_PROCESS.size)()
         while not syscalls.lookup(infos["unwind_processes"].fd, ct.c_uint32(process.pid), value):

@@ -1,9 +1,11 @@
 """The compiler child: ``python child.py FD``, started by ``loader.Compilation``.
 
-Reads its request (program text, cflags, function and map names) as JSON on stdin, compiles and
-loads the program with BCC, and sends one message on the Unix socket FD: JSON with the map
-names and its peak RSS, carrying the program's and maps' file descriptors (SCM_RIGHTS); or JSON
-with one error line and no descriptors. Then it exits, and LLVM with it.
+Reads its request (program text, cflags, function and map names, tail calls, raw tracepoints)
+as JSON on stdin, compiles and loads the program with BCC, attaches the raw tracepoints, and
+sends one message on the Unix socket FD: JSON with the map names and its peak RSS, carrying the
+program's, the maps' and the attachments' file descriptors (SCM_RIGHTS); or JSON with one error
+line and no descriptors. Then it exits, and LLVM with it; an attachment lasts while the agent
+holds its descriptor.
 
 Imports nothing of antiprof, so the child loads BCC and little else.
 """
@@ -57,6 +59,10 @@ def _child_main(fd: int) -> int:
             for index, function in enumerate(functions):
                 callee = bpf.load_func(function.encode(), PERF_EVENT_PROGRAM)
                 array[ctypes.c_int(index)] = ctypes.c_int(callee.fd)
+        attachments = []
+        for tracepoint, function in request.get("raw_tracepoints", {}).items():
+            bpf.attach_raw_tracepoint(tp=tracepoint.encode(), fn_name=function.encode())
+            attachments.append(bpf.raw_tracepoint_fds[tracepoint.encode()])
     except Exception as exc:
         sys.stderr.flush()
         return reply({"error": f"the BPF program failed to compile or load: {_first_line(exc)}"})
@@ -68,7 +74,7 @@ def _child_main(fd: int) -> int:
             return reply({"error": f"the BPF program declares no map '{name}'"})
     return reply(
         {"maps": request["maps"], "peak_bytes": _peak_bytes()},
-        (program.fd, *map_fds),
+        (program.fd, *map_fds, *attachments),
     )
 
 

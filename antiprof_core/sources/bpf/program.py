@@ -43,6 +43,7 @@ MAX_PIDS = 8192
 PROGRAM_FUNCTION = "on_sample"
 UNWIND_FUNCTION = "unwind_frames"  # the native unwinder's tail-called program
 UNWIND_PROGRAMS = "unwind_programs"  # its program array
+EXEC_FUNCTION = "on_exec"  # run at every exec: the process's code is not what was read
 UNWIND_MAPS = ("unwind_rows", "unwind_mappings", "unwind_processes")
 MAPPINGS_PER_PROCESS = 32  # unwind_mappings entries per unwind_processes entry, on average
 TAIL_CALLS = 33  # the kernel's limit of program runs per sample (MAX_TAIL_CALL_CNT + 1)
@@ -83,6 +84,11 @@ def map_names(config: SamplerConfig) -> tuple[str, ...]:
 def tail_calls(config: SamplerConfig) -> dict[str, list[str]]:
     """Program arrays and the functions the compiler child loads into them, in order."""
     return {UNWIND_PROGRAMS: [UNWIND_FUNCTION]} if native_unwinder(config) else {}
+
+
+def raw_tracepoints(config: SamplerConfig) -> dict[str, str]:
+    """Tracepoints the compiler child attaches: an exec makes the program forget the process."""
+    return {"sched_process_exec": EXEC_FUNCTION}
 
 
 def frames_per_call(config: SamplerConfig) -> int:

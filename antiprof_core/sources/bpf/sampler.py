@@ -34,7 +34,7 @@ from antiprof_core.model import Host, ProfileWindow, SamplingMode, Unwinder
 from antiprof_core.sources import SourceUnavailable
 from antiprof_core.sources.bpf import syscalls
 from antiprof_core.sources.bpf.availability import bpf_unavailable_reason
-from antiprof_core.sources.bpf.loader import Compilation, LoadedProgram
+from antiprof_core.sources.bpf.loader import Compilation, CompileTimeout, LoadedProgram
 from antiprof_core.sources.bpf.maps import ArrayMap, HashMap, RingBuffer
 from antiprof_core.sources.bpf.program import (
     COUNTER_NAMES,
@@ -49,6 +49,7 @@ from antiprof_core.sources.bpf.program import (
     map_names,
     native_unwinder,
     online_cpus,
+    raw_tracepoints,
     stack_map_size,
     tail_calls,
 )
@@ -61,6 +62,9 @@ from antiprof_core.symbolize.symbolizer import Symbolizer
 SETTLE_SECONDS = 0.005  # a BPF program that read the old set index finishes within microseconds
 POLL_MILLISECONDS = 100  # how soon a new PID's /proc entries are read
 MIB = 1024 * 1024
+ANNOUNCEMENT = struct.Struct("=II")  # struct announcement: tgid, reason
+ANNOUNCE_UNMAPPED = 1  # the native walk met code outside the process's mappings: read them again
+PRELOAD_SECONDS = 10.0  # python3.11's tables take about 3 s cold on a busy 2-CPU host
 
 
 class BpfSampler:
@@ -94,7 +98,7 @@ class BpfSampler:
         self._counter_totals = [[0] * len(COUNTER_NAMES) for _ in range(2)]
         self._last_stacks: dict[int, tuple[int, ...]] = {}  # the last window's, by hash
         self._lock = threading.Lock()
-        self._new_tgids: list[int] = []
+        self._new_tgids: list[tuple[int, int]] = []  # (tgid, reason), as the BPF program announced them
         self._events: list[tuple[int, int, RawKey]] = []  # (set, ktime, key)
         self._stop = threading.Event()
         self._consume_request = threading.Event()
@@ -110,7 +114,12 @@ class BpfSampler:
 
     def _compile(self) -> Compilation:
         return Compilation(
-            self.program_text, self.cflags(), PROGRAM_FUNCTION, map_names(self.config), tail_calls(self.config)
+            self.program_text,
+            self.cflags(),
+            PROGRAM_FUNCTION,
+            map_names(self.config),
+            tail_calls(self.config),
+            raw_tracepoints(self.config),
         )
 
     def start(self) -> None:
@@ -135,6 +144,8 @@ class BpfSampler:
         try:
             try:
                 program, diagnostics = compilation.result()
+            except CompileTimeout:
+                raise  # a second compile would only take as long again
             except SourceUnavailable as exc:
                 if self.config.unwinder is not Unwinder.AUTO or not native_unwinder(self.config):
                     raise
@@ -154,6 +165,7 @@ class BpfSampler:
         self.compiler_peak_bytes = program.compiler_peak_bytes
         try:
             self._open_maps(program)
+            self._load_tables_of_named_processes()
             for fd in self._events_fds:
                 syscalls.attach_and_enable(fd, program.program_fd)
         except OSError as exc:
@@ -204,6 +216,31 @@ class BpfSampler:
         if self.trace:
             self._rings.append(RingBuffer(maps["sample_events"], self._on_sample_event))
 
+    def _load_tables_of_named_processes(self) -> None:
+        """With ``pids`` set, their unwind tables are loaded before the first sample.
+
+        Otherwise a process is first walked by frame pointers until its tables are in, and a short
+        ``antiprof record -p PID`` would show the same code in two stack shapes. Bounded: a host
+        too slow to build them in time samples anyway, counting those walks as ``unwind_fallback``.
+        """
+        if self._unwind_maps is None or not self.config.pids:
+            return
+        started = time.monotonic()
+        for pid in self.config.pids:
+            self._unwind_maps.note_process(pid)
+        if self._unwind_maps.wait_idle(PRELOAD_SECONDS):
+            self.logger.info(
+                "unwind tables for the %d named processes loaded in %.2f s",
+                len(self.config.pids),
+                time.monotonic() - started,
+            )
+        else:
+            self.logger.warning(
+                "unwind tables for the named processes not all loaded within %.0f s: sampling begins,"
+                " the rest walked by frame pointers until they are in",
+                PRELOAD_SECONDS,
+            )
+
     def close(self) -> None:
         self._stop.set()
         self._close_events()  # detaches the program from every CPU
@@ -230,7 +267,8 @@ class BpfSampler:
     # --- the poll thread ----------------------------------------------------------------
 
     def _on_new_tgid(self, record: bytes) -> None:
-        self._new_tgids.append(int.from_bytes(record[:4], "little"))
+        tgid, reason = ANNOUNCEMENT.unpack_from(record)
+        self._new_tgids.append((tgid, reason))
 
     def _on_sample_event(self, record: bytes) -> None:
         event = decode_event(record)
@@ -257,7 +295,11 @@ class BpfSampler:
         for ring in self._rings:
             ring.consume()
         while self._new_tgids:
-            tgid = self._new_tgids.pop()
+            tgid, reason = self._new_tgids.pop()
+            if reason == ANNOUNCE_UNMAPPED:
+                if self._unwind_maps is not None:
+                    self._unwind_maps.recheck_process(tgid)
+                continue
             self.symbolizer.note_process(tgid)
             if self._unwind_maps is not None:
                 self._unwind_maps.note_process(tgid)

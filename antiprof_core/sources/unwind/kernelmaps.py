@@ -101,6 +101,7 @@ class NativeUnwindMaps:
         self._window = 0
         self._lock = threading.Lock()
         self._queue: collections.deque[int] = collections.deque()
+        self._announced: set[int] = set()  # noted by the BPF program: its entry may be gone (exec)
         self._queue_lock = threading.Lock()  # only around the queue and the idle flag: never held long
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -115,6 +116,16 @@ class NativeUnwindMaps:
 
     def note_process(self, tgid: int) -> None:
         """A process to walk with tables (new, or its PID reused): planned by the planner thread."""
+        if tgid > 0:
+            with self._queue_lock:
+                self._idle.clear()
+                self._queue.append(tgid)
+                self._announced.add(tgid)
+            self._wake.set()
+
+    def recheck_process(self, tgid: int) -> None:
+        """The BPF walk met code outside the mappings it has for ``tgid``: read them again (a
+        library loaded since, or mapped by the loader after the first read)."""
         if tgid > 0:
             with self._queue_lock:
                 self._idle.clear()
@@ -230,9 +241,12 @@ class NativeUnwindMaps:
             if tgid in planned:  # noted twice (PID reuse, sampled again): once per pass is enough
                 continue
             planned.add(tgid)
+            with self._queue_lock:
+                announced = tgid in self._announced
+                self._announced.discard(tgid)
             mappings = self._files.mappings(tgid)  # /proc and file headers: outside the lock
             with self._lock:
-                self._plan(tgid, mappings)
+                self._plan(tgid, mappings, rewrite=announced)
         with self._lock:
             for key in self._rows.settle(self._window):
                 table_file = self._rows.files.get(key)
@@ -256,7 +270,8 @@ class NativeUnwindMaps:
         table_file = self._rows.files.get(key)
         return table_file is None or table_file.settled
 
-    def _plan(self, tgid: int, mappings: list[FileMapping]) -> None:
+    def _plan(self, tgid: int, mappings: list[FileMapping], rewrite: bool = False) -> None:
+        """``rewrite``: write the entry even if nothing moved (the BPF program deleted it at an exec)."""
         process = self._processes.get(tgid)
         if not mappings:
             if process is not None:
@@ -271,6 +286,7 @@ class NativeUnwindMaps:
         if process is None:
             process = self._processes[tgid] = _Process(tgid, mappings, checked=self._window)
         elif _layout(process.mappings) == _layout(mappings):  # announced again, nothing moved
+            process.dirty = process.dirty or rewrite
             return
         keys = {mapping.file.key for mapping in mappings}
         for key in process.keys - keys:
