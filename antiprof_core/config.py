@@ -142,7 +142,7 @@ class SamplerConfig:
     include_idle: bool = False
     max_stack_depth: int = field(default=127, validator=between(1, 127))
     max_stacks: int = field(default=0, validator=between(0, 10_000_000))  # 0: sized from frequency x CPUs x window
-    unwinder: Unwinder = Unwinder.FRAME_POINTER  # "auto" becomes the default once it passes every sink's tests
+    unwinder: Unwinder = Unwinder.AUTO
     unwind_cache_dir: str = "/var/cache/antiprof/unwind"  # native unwind tables by build ID (0700); "": no cache
     unwind_table_rows: int = field(default=1 << 20, validator=between(1024, 1 << 26))  # 16 bytes of kernel memory each
     unwind_processes: int = field(default=4096, validator=between(16, 1 << 20))  # processes walked with tables
