@@ -23,6 +23,7 @@ Two diagnostic modes, for when the growth is over target:
 from __future__ import annotations
 
 import argparse
+import contextlib
 import re
 import signal
 import socket
@@ -104,6 +105,16 @@ def rss_mib(pid: int) -> float:
         if line.startswith("VmRSS:"):
             return int(line.split()[1]) / 1024
     return 0.0
+
+
+def children_rss_mib(pid: int) -> float:
+    """RSS of the agent's child processes (the unwind table worker), which the agent's own leaves out."""
+    total = 0.0
+    for children in Path(f"/proc/{pid}/task").glob("*/children"):
+        for child in children.read_text().split():
+            with contextlib.suppress(OSError):  # exited since
+                total += rss_mib(int(child))
+    return total
 
 
 def cpu_seconds(pid: int) -> float:
@@ -261,7 +272,8 @@ def main() -> int:
             )
             titles = " " + " ".join(METRIC_COLUMNS) if port else ""
             print(
-                f"{'minute':>6} {'RSS MiB':>8} {'windows':>8} {'late':>5} {'raw frames':>11} {'agent CPU':>10}{titles}"
+                f"{'minute':>6} {'RSS MiB':>8} {'windows':>8} {'late':>5} {'raw frames':>11} {'agent CPU':>10}"
+                f" {'worker MiB':>10}{titles}"
             )
             started = time.monotonic()
             cpu_start = cpu_seconds(agent.pid)
@@ -280,7 +292,7 @@ def main() -> int:
                 share = (cpu - cpu_start) / (time.monotonic() - started)
                 print(
                     f"{minute:>6} {rss_by_minute[minute]:>8.1f} {windows:>8} {late:>5} {raw:>11} {100 * share:>9.1f}%"
-                    + (metric_cells(symbolizer_metrics(port)) if port else ""),
+                    f" {children_rss_mib(agent.pid):>10.1f}" + (metric_cells(symbolizer_metrics(port)) if port else ""),
                     flush=True,
                 )
             cpu_end = cpu_seconds(agent.pid)
