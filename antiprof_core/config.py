@@ -146,6 +146,8 @@ class SamplerConfig:
     unwind_cache_dir: str = "/var/cache/antiprof/unwind"  # native unwind tables by build ID (0700); "": no cache
     unwind_table_rows: int = field(default=1 << 20, validator=between(1024, 1 << 26))  # 16 bytes of kernel memory each
     unwind_processes: int = field(default=4096, validator=between(16, 1 << 20))  # processes walked with tables
+    python_frames: bool = True  # CPython 3.11+ functions in the stacks, in place of the interpreter's frames
+    max_python_depth: int = field(default=64, validator=between(1, 64))  # at most max_stack_depth; 64: the verifier
     synthetic: SyntheticConfig = field(factory=SyntheticConfig)
     replay: ReplayConfig = field(factory=ReplayConfig)
 

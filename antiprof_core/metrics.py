@@ -37,6 +37,13 @@ class SamplerMetrics:
             registry=registry,
         )
 
+        self.python = Counter(
+            "antiprof_python",
+            "CPython frames read and truncated, and Python stacks not read, by kind",
+            ["kind"],
+            registry=registry,
+        )
+
     def record(self, counters: Counters) -> None:
         self.windows.inc()
         self.samples_seen.inc(counters.samples_seen)
@@ -45,6 +52,8 @@ class SamplerMetrics:
             self.stack_errors.labels(kind).inc(count)
         for kind, count in counters.unwind_tables.items():
             self.unwind_tables.labels(kind).inc(count)
+        for kind, count in counters.python.items():
+            self.python.labels(kind).inc(count)
 
 
 class Health:

@@ -122,6 +122,8 @@ class Counters:
     stack_errors: MappingABC[str, int] = field(factory=dict)
     windows_dropped: int = 0  # running total of windows this consumer lost to a full queue
     unwind_tables: MappingABC[str, int] = field(factory=dict)  # the native unwinder's tables: loaded, evicted, refused
+    # CPython frames: read, truncated, and stacks not read by cause (no thread state, bad read, unsupported)
+    python: MappingABC[str, int] = field(factory=dict)
 
 
 @frozen

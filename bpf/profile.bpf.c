@@ -2,7 +2,7 @@
 // from antiprof_core.sources.bpf.program; the agent attaches it and reads its maps itself.
 //
 // A perf_event program on the software CPU clock, attached on every online CPU. Each sample
-// is keyed by {tgid, tid, cpu, user stack, kernel stack, comm} and counted in the kernel
+// is keyed by {tgid, tid, cpu, user stack, kernel stack, Python stack, comm} and counted in the kernel
 // (aggregate mode) or sent through a ring buffer with its ktime (trace mode).
 //
 // Stacks are stored in hash maps keyed by a 64-bit hash of their addresses, not in BPF stack
@@ -24,7 +24,7 @@
 // Options (all given with -D): MAX_STACK_DEPTH, MAX_STACKS, MAX_COUNTS, MAX_PIDS,
 // RINGBUF_PAGES, FILTER_PIDS, KERNEL_STACKS, USER_STACKS, INCLUDE_IDLE, TRACE_MODE,
 // DWARF_UNWINDER, and with it UNWIND_FP_FALLBACK, UNWIND_ROWS, UNWIND_MAPPINGS, UNWIND_PROCESSES,
-// FRAMES_PER_CALL.
+// FRAMES_PER_CALL; PYTHON_FRAMES, and with it MAX_PYTHON_DEPTH and PYTHON_PROCESSES.
 
 #include <uapi/linux/ptrace.h>
 #include <uapi/linux/bpf_perf_event.h>
@@ -49,10 +49,14 @@ enum counter {
     UNWIND_UNSUPPORTED,    // a rule the walk cannot follow (CFA in another register, an expression)
     UNWIND_BAD_READ,       // a saved register that could not be read, or a frame that does not go up
     UNWIND_DEPTH,          // max_stack_depth frames reached before the outermost frame
+    PYTHON_FRAMES_READ,    // interpreter frames recorded (CPython)
+    PYTHON_TRUNCATED,      // Python stacks cut at max_python_depth
+    PYTHON_NO_THREAD,      // a sample of a CPython process whose thread has no Python thread state
+    PYTHON_BAD_READ,       // a thread state or frame that could not be read: the Python stack stops
     COUNTER_SLOTS,
 };
 
-// 48 bytes, no implicit padding: the key is compared bytewise by the hash map.
+// 56 bytes, no implicit padding: the key is compared bytewise by the hash map.
 struct sample_key {
     u32 tgid;
     u32 tid;
@@ -60,6 +64,7 @@ struct sample_key {
     u32 pad;
     u64 user_stack;        // hash of the user stack in this set's stacks map; 0: none
     u64 kernel_stack;      // the same for the kernel stack
+    u64 python_stack;      // the same for the CPython frames the thread was running
     char comm[TASK_COMM_LEN];
 };
 
@@ -128,6 +133,10 @@ static __always_inline void count_stack_error(u32 set, long error, u32 base) {
         bump(set, base + 2);
     else
         bump(set, base + 3);
+}
+
+static __always_inline int read_user_u64(u64 *into, u64 address) {
+    return bpf_probe_read_user(into, sizeof(*into), (const void *)address);
 }
 
 // The stack's key in a stacks map: a 64-bit hash of its addresses, never 0.
@@ -208,6 +217,177 @@ static __always_inline void record_sample(struct sample_key *key, u32 set) {
     }
 #endif
 }
+
+#if PYTHON_FRAMES
+// ---- CPython frames (PYTHON_FRAMES) -------------------------------------------------------------
+//
+// For a sample of a process user space found to run CPython 3.11+ (python_processes, keyed by
+// tgid), the thread's interpreter frames are read from its memory: _PyRuntime -> the main
+// interpreter -> its thread states, the one whose native_thread_id is the sampled thread (the
+// GIL holder is tried first on 3.11), then its _PyInterpreterFrame chain through `previous`.
+// Each frame is recorded as one u64 in a stack of its own (python_stack in the key):
+//   code object address >> 4 (43 bits) | (instruction offset + 2) / 2 (20 bits) | entry (1 bit)
+// where entry marks the first frame of one _PyEval_EvalFrameDefault call, so user space can put
+// each call's Python frames in place of its native frame. C-stack shim frames (3.12+) are skipped.
+// Offsets come from user space (antiprof_core.sources.python): no CPython header is compiled in.
+
+#define PY_NO_OFFSET 0xffffffff
+#define PY_FRAME_BYTES 80          // read per frame; user space checks every field used lies in them
+#define PY_MAX_THREADS 64          // thread states searched per sample
+#define PY_UNKNOWN_OFFSET 0xfffff
+#define PY_SHIM 1                  // a C-stack shim frame (3.12+): code 0, entry bit set
+#define PY_MAX_CODE_UNITS 0xffffe  // instruction offsets beyond 2 MiB of bytecode are unknown
+#define PYTHON_STACK_FLAG (1ULL << 40)  // mixed into the hash: a Python stack never shares a native one's
+// Field offsets are masked, not range-checked: no branch per field for the verifier to follow.
+#define PY_U64_FIELD(offset) ((offset) & 0x7f)  // <= 127: 8 bytes fit the 136-byte buffer
+#define PY_U8_FIELD(offset) ((offset) & 0x7f)
+
+struct python_process {      // 80 bytes; antiprof_core/sources/python/layout.py packs it
+    u64 runtime;             // &_PyRuntime in the process
+    u64 pidns_dev;           // its PID namespace (kernel dev_t and inode of /proc/PID/ns/pid):
+    u64 pidns_ino;           //   CPython keeps thread ids as that namespace numbers them
+    u32 tstate_current;      // in _PyRuntime: the GIL holder's thread state (3.11), else PY_NO_OFFSET
+    u32 interpreters_head;   // in _PyRuntime
+    u32 threads_head;        // in PyInterpreterState
+    u32 tstate_next;         // in PyThreadState
+    u32 tstate_native_thread_id;
+    u32 tstate_cframe;       // PY_NO_OFFSET: the current frame pointer is in the thread state itself
+    u32 current_frame;       // in _PyCFrame (3.11, 3.12) or PyThreadState (3.13)
+    u32 frame_previous;      // in _PyInterpreterFrame
+    u32 frame_code;
+    u32 frame_instr;
+    u32 frame_owner;
+    u32 frame_is_entry;      // PY_NO_OFFSET from 3.12: shim frames mark the calls instead
+    u32 owner_cstack;        // the owner value of a shim frame, PY_NO_OFFSET before 3.12
+    u32 code_adaptive;       // in PyCodeObject: where the bytecode the instruction pointers point into starts
+};
+
+struct python_scratch {
+    u8 frame[136];           // PY_FRAME_BYTES read into it; the masks keep every access inside
+};
+
+BPF_HASH(python_processes, u32, struct python_process, PYTHON_PROCESSES);
+BPF_PERCPU_ARRAY(python_scratch, struct python_scratch, 1);
+
+static __always_inline u64 frame_u64(struct python_scratch *scratch, u32 offset) {
+    u64 value;
+    __builtin_memcpy(&value, &scratch->frame[PY_U64_FIELD(offset)], sizeof(value));
+    return value;
+}
+
+// The thread state of the sampled thread, 0 if it has none (a thread CPython does not know).
+static __always_inline u64 python_thread_state(struct python_process *py, u32 tid, u32 set) {
+    u64 tstate = 0, native = 0;
+    if (py->tstate_current != PY_NO_OFFSET) {
+        if (!read_user_u64(&tstate, py->runtime + py->tstate_current) && tstate &&
+            !read_user_u64(&native, tstate + py->tstate_native_thread_id) && native == tid)
+            return tstate;
+    }
+    u64 interpreter = 0;
+    if (read_user_u64(&interpreter, py->runtime + py->interpreters_head) || !interpreter ||
+        read_user_u64(&tstate, interpreter + py->threads_head)) {
+        bump(set, PYTHON_BAD_READ);
+        return 0;
+    }
+    for (int i = 0; i < PY_MAX_THREADS; i++) {
+        if (!tstate)
+            break;
+        if (read_user_u64(&native, tstate + py->tstate_native_thread_id)) {
+            bump(set, PYTHON_BAD_READ);
+            return 0;
+        }
+        if (native == tid)
+            return tstate;
+        if (read_user_u64(&tstate, tstate + py->tstate_next)) {
+            bump(set, PYTHON_BAD_READ);
+            return 0;
+        }
+    }
+    bump(set, PYTHON_NO_THREAD);
+    return 0;
+}
+
+// Walks the thread's interpreter frames into `stack`, leaf first; returns how many.
+static __always_inline u32 walk_python_frames(struct python_process *py, u64 tstate, struct stack_value *stack,
+                                              u32 set) {
+    u32 zero = 0;
+    struct python_scratch *scratch = python_scratch.lookup(&zero);
+    if (!scratch)
+        return 0;
+    u64 frame = 0;
+    if (py->tstate_cframe != PY_NO_OFFSET) {
+        u64 cframe = 0;
+        if (read_user_u64(&cframe, tstate + py->tstate_cframe) ||
+            (cframe && read_user_u64(&frame, cframe + py->current_frame))) {
+            bump(set, PYTHON_BAD_READ);
+            return 0;
+        }
+    } else if (read_user_u64(&frame, tstate + py->current_frame)) {
+        bump(set, PYTHON_BAD_READ);
+        return 0;
+    }
+    u32 previous = py->frame_previous, code_field = py->frame_code, instr_field = py->frame_instr;
+    u32 owner_field = PY_U8_FIELD(py->frame_owner), entry_field = PY_U8_FIELD(py->frame_is_entry);
+    u32 has_entry_field = py->frame_is_entry != PY_NO_OFFSET;
+    u32 cstack = py->owner_cstack;  // PY_NO_OFFSET never equals a u8
+    u64 adaptive = py->code_adaptive;
+    u32 depth = 0;
+    // One slot per frame, shims included (user space drops them and marks the frame above as its
+    // call's entry): depth is the loop's count, so the verifier's paths never split on it.
+#pragma clang loop unroll(disable)
+    for (int i = 0; i < MAX_PYTHON_DEPTH; i++) {
+        if (!frame)
+            break;
+        if (bpf_probe_read_user(scratch->frame, PY_FRAME_BYTES, (const void *)frame)) {
+            bump(set, PYTHON_BAD_READ);
+            break;
+        }
+        u64 value = PY_SHIM;
+        if (scratch->frame[owner_field] != cstack) {
+            u64 code = frame_u64(scratch, code_field);
+            u64 distance = frame_u64(scratch, instr_field) + 2 - (code + adaptive);
+            u64 units = distance <= 2 * PY_MAX_CODE_UNITS ? distance / 2 : PY_UNKNOWN_OFFSET;
+            u64 entry = has_entry_field && scratch->frame[entry_field] ? 1 : 0;
+            value = ((code >> 4) << 21) | (units << 1) | entry;
+        }
+        stack->ip[i] = value;
+        depth = i + 1;
+        frame = frame_u64(scratch, previous);
+    }
+    if (frame && depth == MAX_PYTHON_DEPTH)
+        bump(set, PYTHON_TRUNCATED);
+    return depth;
+}
+
+// The hash of the sampled thread's Python stack in the set's stacks map, 0 if none.
+static __always_inline u64 store_python_stack(u32 tgid, u32 tid, u32 set) {
+    struct python_process *py = python_processes.lookup(&tgid);
+    if (!py)
+        return 0;
+    if (py->pidns_ino) {  // the tid as the process's own PID namespace numbers it
+        struct bpf_pidns_info ns;
+        if (bpf_get_ns_current_pid_tgid(py->pidns_dev, py->pidns_ino, &ns, sizeof(ns)) == 0)
+            tid = ns.pid;
+    }
+    u64 tstate = python_thread_state(py, tid, set);
+    if (!tstate)
+        return 0;
+    u32 zero = 0;
+    struct stack_value *stack = stack_scratch.lookup(&zero);
+    if (!stack)
+        return 0;
+    u32 depth = walk_python_frames(py, tstate, stack, set);
+    if (depth == 0 || depth > MAX_PYTHON_DEPTH)
+        return 0;
+    stack->depth = depth;
+    stack->pad = 0;
+    u32 index = set * COUNTER_SLOTS + PYTHON_FRAMES_READ;
+    u64 *read = counters.lookup(&index);
+    if (read)
+        *read += depth;
+    return keep_stack(stack, depth, set, PYTHON_STACK_FLAG, USER_NOT_PRESENT);
+}
+#endif  // PYTHON_FRAMES
 
 #if DWARF_UNWINDER
 // ---- The native unwinder (DWARF_UNWINDER) ------------------------------------------------------
@@ -306,10 +486,6 @@ enum step_result {
     STEP_NEXT = 0,           // a caller was found and recorded
     STEP_DONE = 1,           // the walk ended (at the outermost frame, or counted why)
 };
-
-static __always_inline int read_user_u64(u64 *into, u64 address) {
-    return bpf_probe_read_user(into, sizeof(*into), (const void *)address);
-}
 
 // Records the caller's registers after a step; ends the walk when the frames stop going up.
 static __always_inline int record_caller(struct unwind_state *state, u64 rip, u64 rsp, u64 rbp, u32 rbp_known) {
@@ -570,6 +746,9 @@ int on_sample(struct bpf_perf_event_data *ctx) {
 #if KERNEL_STACKS
     key.kernel_stack = store_stack(ctx, set, 0, KERNEL_NOT_PRESENT);
 #endif
+#if USER_STACKS && PYTHON_FRAMES
+    key.python_stack = store_python_stack(tgid, tid, set);
+#endif
 #if USER_STACKS && DWARF_UNWINDER
     if (start_native_walk(ctx, set, &key))
         return 0;  // the walk records the sample when it ends
@@ -591,6 +770,9 @@ int on_exec(void *ctx) {
     known_tgids.delete(&tgid);
 #if DWARF_UNWINDER
     unwind_processes.delete(&tgid);
+#endif
+#if PYTHON_FRAMES
+    python_processes.delete(&tgid);
 #endif
     return 0;
 }

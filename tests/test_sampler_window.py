@@ -41,8 +41,8 @@ def test_a_drained_set_becomes_named_samples_kernel_frames_first() -> None:
     if syscall_entry:
         stacks[KERNEL_HASH] = (syscall_entry + 8,)
     raw = [
-        ((pid, pid, 1, USER_HASH, KERNEL_HASH if syscall_entry else 0, comm), 7, ()),
-        ((pid, pid + 1, 0, LOST_HASH, 0, b"worker\0"), 2, ()),  # its stack was never stored
+        ((pid, pid, 1, USER_HASH, KERNEL_HASH if syscall_entry else 0, 0, comm), 7, ()),
+        ((pid, pid + 1, 0, LOST_HASH, 0, 0, b"worker\0"), 2, ()),  # its stack was never stored
     ]
     window = build_window(
         raw,
@@ -68,15 +68,15 @@ def test_a_drained_set_becomes_named_samples_kernel_frames_first() -> None:
 
 
 def test_the_bytes_of_a_key_and_an_event_decode_as_the_c_structs_lay_them_out() -> None:
-    key = SAMPLE_KEY.pack(10, 11, 1, 0xAAAA, 0xBBBB, b"comm")
-    assert SAMPLE_KEY.size == 48
+    key = SAMPLE_KEY.pack(10, 11, 1, 0xAAAA, 0xBBBB, 0xCCCC, b"comm")
+    assert SAMPLE_KEY.size == 56
     assert decode_counts(key + key, (5).to_bytes(8, "little") + (6).to_bytes(8, "little")) == [
-        ((10, 11, 1, 0xAAAA, 0xBBBB, b"comm".ljust(16, b"\0")), 5),
-        ((10, 11, 1, 0xAAAA, 0xBBBB, b"comm".ljust(16, b"\0")), 6),
+        ((10, 11, 1, 0xAAAA, 0xBBBB, 0xCCCC, b"comm".ljust(16, b"\0")), 5),
+        ((10, 11, 1, 0xAAAA, 0xBBBB, 0xCCCC, b"comm".ljust(16, b"\0")), 6),
     ]
-    event = SAMPLE_EVENT.pack(123, 1, 10, 11, 1, 0xAAAA, 0xBBBB, b"comm")
-    assert SAMPLE_EVENT.size == 64
-    assert decode_event(event) == (1, 123, (10, 11, 1, 0xAAAA, 0xBBBB, b"comm".ljust(16, b"\0")))
+    event = SAMPLE_EVENT.pack(123, 1, 10, 11, 1, 0xAAAA, 0xBBBB, 0xCCCC, b"comm")
+    assert SAMPLE_EVENT.size == 72
+    assert decode_event(event) == (1, 123, (10, 11, 1, 0xAAAA, 0xBBBB, 0xCCCC, b"comm".ljust(16, b"\0")))
 
 
 def test_only_a_full_map_is_worth_a_warning() -> None:

@@ -58,6 +58,63 @@ MAIN_CALL_LINE = 24  # heavy_math() in main
 MODULE_CALL_LINE = 27  # main() at module level
 
 
+# 2:1 by the clock under main(): heavy_math runs 20 ms, light_strings 10 ms, over and over.
+TWO_FUNCTIONS_BY_CLOCK_PROGRAM = """\
+import time
+
+
+def heavy_math():
+    end = time.perf_counter() + 0.02
+    total = 0
+    while time.perf_counter() < end:
+        total = (total * 31 + 7) % 1000003
+
+
+def light_strings():
+    end = time.perf_counter() + 0.01
+    text = ""
+    while time.perf_counter() < end:
+        text = ("abc" * 50).upper().lower()
+
+
+def main():
+    print("ready", flush=True)
+    while True:
+        heavy_math()
+        light_strings()
+
+
+main()
+"""
+BY_CLOCK_SHARES = {"heavy_math": 2 / 3, "light_strings": 1 / 3}
+BY_CLOCK_LINES = {
+    "heavy_math": range(5, 9),
+    "light_strings": range(12, 16),
+    "main": range(21, 23),
+    "<module>": range(25, 26),
+}
+
+# A C extension under a Python caller: sha256 over 4 MiB (hashlib releases the GIL for it).
+HASHLIB_PROGRAM = """\
+import hashlib
+
+DATA = bytes(range(256)) * 16384
+
+
+def digest_all():
+    return hashlib.sha256(DATA).hexdigest()
+
+
+def main():
+    print("ready", flush=True)
+    while True:
+        digest_all()
+
+
+main()
+"""
+
+
 @frozen
 class Interpreter:
     path: str
@@ -142,6 +199,24 @@ def running_two_threads(interpreter: str, directory: Path, timeout: float = 60.0
         if lines.next(timeout) != "ready":
             raise RuntimeError(f"{interpreter}: the program did not start")
         yield RunningProgram(process.pid, process.pid, worker_tid, path, main_pthread, worker_pthread)
+    finally:
+        process.kill()
+        process.wait(timeout=30)
+
+
+@contextmanager
+def running_program(
+    command: list[str], source: str, directory: Path, timeout: float = 60.0
+) -> Iterator[subprocess.Popen[bytes]]:
+    """``command`` + a script holding ``source`` (which prints "ready" when it starts its work)."""
+    path = directory / "program.py"
+    path.write_text(source)
+    process = subprocess.Popen([*command, str(path)], stdout=subprocess.PIPE, bufsize=0)
+    try:
+        assert process.stdout is not None
+        if _LineReader(process.stdout.fileno(), process.pid).next(timeout) != "ready":
+            raise RuntimeError(f"{command}: the program did not start")
+        yield process
     finally:
         process.kill()
         process.wait(timeout=30)

@@ -34,8 +34,13 @@ COUNTER_NAMES = (
     "unwind_unsupported",
     "unwind_bad_read",
     "unwind_depth",
+    "python_frames_read",
+    "python_truncated",
+    "python_no_thread",
+    "python_bad_read",
 )
-STACK_ERROR_NAMES = COUNTER_NAMES[2:]
+PYTHON_COUNTER_NAMES = tuple(name for name in COUNTER_NAMES if name.startswith("python_"))
+STACK_ERROR_NAMES = tuple(name for name in COUNTER_NAMES[2:] if name not in PYTHON_COUNTER_NAMES)
 MIN_STACKS = 4096
 HEADROOM = 2  # entries per possible stack of a window: room for a drain that comes late
 MAX_DEFAULT_STACKS = 65536
@@ -46,19 +51,26 @@ UNWIND_PROGRAMS = "unwind_programs"  # its program array
 EXEC_FUNCTION = "on_exec"  # run at every exec: the process's code is not what was read
 UNWIND_MAPS = ("unwind_rows", "unwind_mappings", "unwind_processes")
 MAPPINGS_PER_PROCESS = 32  # unwind_mappings entries per unwind_processes entry, on average
+PYTHON_PROCESSES_MAP = "python_processes"
+PYTHON_PROCESSES = 4096  # CPython processes whose frames are read at once
 TAIL_CALLS = 33  # the kernel's limit of program runs per sample (MAX_TAIL_CALL_CNT + 1)
 
-# struct sample_key: tgid, tid, cpu, (pad), user stack hash, kernel stack hash, comm
-SAMPLE_KEY = struct.Struct(f"=IIIxxxxQQ{TASK_COMM_LEN}s")
+# struct sample_key: tgid, tid, cpu, (pad), user stack hash, kernel stack hash, Python stack hash, comm
+SAMPLE_KEY = struct.Struct(f"=IIIxxxxQQQ{TASK_COMM_LEN}s")
 # struct sample_event: ktime_ns, set, (pad), then the key
-SAMPLE_EVENT = struct.Struct(f"=QIxxxxIIIxxxxQQ{TASK_COMM_LEN}s")
+SAMPLE_EVENT = struct.Struct(f"=QIxxxxIIIxxxxQQQ{TASK_COMM_LEN}s")
 _DEPTH = struct.Struct("=I")  # struct stack_value starts with its depth
-RawKey = tuple[int, int, int, int, int, bytes]  # tgid, tid, cpu, user stack, kernel stack, comm
+RawKey = tuple[int, int, int, int, int, int, bytes]  # tgid, tid, cpu, user, kernel and Python stacks, comm
 
 
 def stack_value_size(config: SamplerConfig) -> int:
     """struct stack_value: a u32 depth, a u32 pad, then max_stack_depth addresses."""
     return 8 + 8 * config.max_stack_depth
+
+
+def python_frames(config: SamplerConfig) -> bool:
+    """Whether the program reads CPython's interpreter frames (``sampler.python_frames``)."""
+    return config.user_stacks and config.python_frames
 
 
 def native_unwinder(config: SamplerConfig) -> bool:
@@ -78,6 +90,8 @@ def map_names(config: SamplerConfig) -> tuple[str, ...]:
         names.append("pid_filter")
     if native_unwinder(config):
         names += [*UNWIND_MAPS, UNWIND_PROGRAMS]
+    if python_frames(config):
+        names.append(PYTHON_PROCESSES_MAP)
     return tuple(names)
 
 
@@ -148,6 +162,9 @@ def cflags(config: SamplerConfig, max_stacks: int, cpus: int) -> list[str]:
         f"-DUNWIND_MAPPINGS={MAPPINGS_PER_PROCESS * config.unwind_processes}",
         f"-DUNWIND_PROCESSES={config.unwind_processes}",
         f"-DFRAMES_PER_CALL={frames_per_call(config)}",
+        f"-DPYTHON_FRAMES={int(python_frames(config))}",
+        f"-DMAX_PYTHON_DEPTH={min(config.max_python_depth, config.max_stack_depth)}",
+        f"-DPYTHON_PROCESSES={PYTHON_PROCESSES}",
         "-Wno-macro-redefined",
     ]
 
@@ -207,4 +224,4 @@ def decode_stacks(
 def decode_event(record: bytes) -> tuple[int, int, RawKey]:
     """A trace-mode sample from the ring buffer: (set, ktime ns, key)."""
     ktime, set_index, *key = SAMPLE_EVENT.unpack_from(record)
-    return set_index, ktime, (key[0], key[1], key[2], key[3], key[4], key[5])
+    return set_index, ktime, (key[0], key[1], key[2], key[3], key[4], key[5], key[6])

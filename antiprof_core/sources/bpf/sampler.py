@@ -39,6 +39,7 @@ from antiprof_core.sources.bpf.maps import ArrayMap, HashMap, RingBuffer
 from antiprof_core.sources.bpf.program import (
     COUNTER_NAMES,
     PROGRAM_FUNCTION,
+    PYTHON_PROCESSES_MAP,
     RawKey,
     bpf_source,
     cflags,
@@ -56,6 +57,7 @@ from antiprof_core.sources.bpf.program import (
 from antiprof_core.sources.bpf.window import RawSample, build_window, overflow_warning
 
 if TYPE_CHECKING:
+    from antiprof_core.sources.python.processes import PythonProcesses
     from antiprof_core.sources.unwind.kernelmaps import NativeUnwindMaps
 from antiprof_core.symbolize.symbolizer import Symbolizer
 
@@ -106,6 +108,7 @@ class BpfSampler:
         self._poll_thread: threading.Thread | None = None
         self._poll_error: BaseException | None = None
         self._unwind_maps: NativeUnwindMaps | None = None  # when the program walks with unwind tables
+        self._python: PythonProcesses | None = None  # when the program reads CPython frames
 
     # --- life cycle ---------------------------------------------------------------------
 
@@ -165,7 +168,7 @@ class BpfSampler:
         self.compiler_peak_bytes = program.compiler_peak_bytes
         try:
             self._open_maps(program)
-            self._load_tables_of_named_processes()
+            self._prepare_named_processes()
             for fd in self._events_fds:
                 syscalls.attach_and_enable(fd, program.program_fd)
         except OSError as exc:
@@ -213,22 +216,33 @@ class BpfSampler:
             cache_dir = Path(self.config.unwind_cache_dir) if self.config.unwind_cache_dir else None
             builder = UnwindTableBuilder(cache_dir)
             self._unwind_maps = NativeUnwindMaps(maps, self.config, self.logger.getChild("unwind"), builder)
+        if PYTHON_PROCESSES_MAP in maps:
+            from antiprof_core.sources.python.processes import PythonProcesses  # imports this package's maps
+
+            self._python = PythonProcesses(maps[PYTHON_PROCESSES_MAP], self.logger.getChild("python"))
         if self.trace:
             self._rings.append(RingBuffer(maps["sample_events"], self._on_sample_event))
 
-    def _load_tables_of_named_processes(self) -> None:
-        """With ``pids`` set, their unwind tables are loaded before the first sample.
+    def _prepare_named_processes(self) -> None:
+        """With ``pids`` set, their unwind tables are loaded and their Python interpreters found
+        before the first sample.
 
         Otherwise a process is first walked by frame pointers until its tables are in, and a short
         ``antiprof record -p PID`` would show the same code in two stack shapes. Bounded: a host
         too slow to build them in time samples anyway, counting those walks as ``unwind_fallback``.
         """
-        if self._unwind_maps is None or not self.config.pids:
+        if not self.config.pids:
             return
         started = time.monotonic()
+        if self._python is not None:
+            for pid in self.config.pids:
+                self._python.note_process(pid)
+            self._python.wait_idle(PRELOAD_SECONDS)
+        if self._unwind_maps is None:
+            return
         for pid in self.config.pids:
             self._unwind_maps.note_process(pid)
-        if self._unwind_maps.wait_idle(PRELOAD_SECONDS):
+        if self._unwind_maps.wait_idle(max(PRELOAD_SECONDS - (time.monotonic() - started), 0.1)):
             self.logger.info(
                 "unwind tables for the %d named processes loaded in %.2f s",
                 len(self.config.pids),
@@ -247,6 +261,9 @@ class BpfSampler:
         unwind_maps, self._unwind_maps = self._unwind_maps, None
         if unwind_maps is not None:  # before the maps' fds are closed with the program
             unwind_maps.close()
+        python, self._python = self._python, None
+        if python is not None:
+            python.close()
         poll_thread, self._poll_thread = self._poll_thread, None
         if poll_thread is not None:
             poll_thread.join(timeout=10)
@@ -303,6 +320,8 @@ class BpfSampler:
             self.symbolizer.note_process(tgid)
             if self._unwind_maps is not None:
                 self._unwind_maps.note_process(tgid)
+            if self._python is not None:
+                self._python.note_process(tgid)
 
     def _consume_ring_buffers(self) -> None:
         """Have the poll thread (the only one that touches the ring buffers) empty them now."""
@@ -354,6 +373,7 @@ class BpfSampler:
             frequency_hz=self.config.frequency_hz,
             mode=self.config.mode,
             deadline=deadline,
+            python=self._python,
         )
         self._window_start = end_ns
         if self._unwind_maps is not None:
@@ -364,6 +384,9 @@ class BpfSampler:
             self._unwind_maps.on_window(sampled=samples_by_pid)
             counters_now = attrs.evolve(window.counters, unwind_tables=self._unwind_maps.counters())
             window = attrs.evolve(window, counters=counters_now)
+        if self._python is not None:
+            python_counters = {**window.counters.python, **self._python.counters()}
+            window = attrs.evolve(window, counters=attrs.evolve(window.counters, python=python_counters))
         warning = overflow_warning(counters, self.max_stacks)
         if warning:
             self.logger.warning("%s", warning)
@@ -412,3 +435,5 @@ class BpfSampler:
         """Let a reused PID be announced again once its previous owner is forgotten."""
         for pid in self.symbolizer.end_window():
             self._known_tgids.delete(ct.c_uint32(pid))
+            if self._python is not None:
+                self._python.forget(pid)

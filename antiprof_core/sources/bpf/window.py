@@ -7,10 +7,15 @@ counters by name); output is the ProfileWindow, with frames named by the symboli
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from antiprof_core.model import Counters, Frame, Host, Process, ProfileWindow, Sample, SamplingMode
-from antiprof_core.sources.bpf.program import STACK_ERROR_NAMES, RawKey
+from antiprof_core.sources.bpf.program import PYTHON_COUNTER_NAMES, STACK_ERROR_NAMES, RawKey
+from antiprof_core.sources.python.interleave import interleave
 from antiprof_core.symbolize.symbolizer import Symbolizer
+
+if TYPE_CHECKING:  # it imports the bpf package's maps: no import at run time, no cycle
+    from antiprof_core.sources.python.processes import PythonProcesses
 
 RawSample = tuple[RawKey, int, tuple[int, ...]]  # key, count, timestamps (trace mode)
 
@@ -31,21 +36,23 @@ def build_window(
     frequency_hz: int,
     mode: SamplingMode,
     deadline: float | None = None,
+    python: PythonProcesses | None = None,
 ) -> ProfileWindow:
     """Samples with named stacks (kernel frames first, then user frames), the processes they ran
     in, and the window's counters. A stack hash absent from ``stacks`` gives no frames. Past
-    ``deadline`` (``time.monotonic()``), frames that need a file read stay raw and are counted."""
+    ``deadline`` (``time.monotonic()``), frames that need a file read stay raw and are counted.
+    With ``python``, CPython frames the BPF walk recorded take the place of the interpreter's."""
     kernel_stacks: dict[int, tuple[Frame, ...]] = {}
-    user_stacks: dict[tuple[int, int], tuple[Frame, ...]] = {}
+    user_stacks: dict[tuple[int, int, int], tuple[Frame, ...]] = {}
     samples = []
     names: dict[int, str] = {}
     for key, _, _ in raw:
         if key[0] == key[1] or key[0] not in names:  # the main thread's comm names the process
-            names[key[0]] = _comm(key[5])
+            names[key[0]] = _comm(key[6])
     states = {pid: symbolizer.state(pid, name) for pid, name in names.items() if pid}
     thread_names: dict[bytes, str] = {}
     for key, count, timestamps in raw:
-        tgid, tid, cpu, user_hash, kernel_hash, comm = key
+        tgid, tid, cpu, user_hash, kernel_hash, python_hash, comm = key
         thread_name = thread_names.get(comm)
         if thread_name is None:
             thread_name = thread_names[comm] = _comm(comm)
@@ -54,11 +61,15 @@ def build_window(
             addresses = stacks.get(kernel_hash, ()) if kernel_hash else ()
             kernel = tuple(symbolizer.kernel_frame(a, n == 0) for n, a in enumerate(addresses))
             kernel_stacks[kernel_hash] = kernel
-        user = user_stacks.get((tgid, user_hash))
+        user = user_stacks.get((tgid, user_hash, python_hash))
         if user is None:
             addresses = stacks.get(user_hash, ()) if user_hash else ()
             user = symbolizer.user_stack(states[tgid], addresses, deadline) if addresses and tgid else ()
-            user_stacks[(tgid, user_hash)] = user
+            recorded = stacks.get(python_hash, ()) if python_hash and python is not None else ()
+            if recorded:
+                assert python is not None
+                user = interleave(user, python.frames(tgid, recorded))
+            user_stacks[(tgid, user_hash, python_hash)] = user
         samples.append(
             Sample(
                 pid=tgid,
@@ -85,6 +96,7 @@ def build_window(
             samples_seen=counters["samples_seen"],
             samples_lost=counters["samples_lost"],
             stack_errors={name: counters[name] for name in STACK_ERROR_NAMES},
+            python={name.removeprefix("python_"): counters[name] for name in PYTHON_COUNTER_NAMES},
         ),
         mode=mode,
     )
