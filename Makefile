@@ -44,6 +44,7 @@ test-busy: setup
 	echo "two CPU hogs running (pids $$a $$b)"; $(BIN)/pytest -m bpf --ignore=tests/test_deploy_install.py
 
 bench: setup
+	$(BIN)/pip install -q -e '.[bench]'
 	for b in benchmarks/*.py; do $(BIN)/python $$b || exit 1; done
 
 # Wheels of the core and every plugin, for machines without this checkout (README "Deploy").
