@@ -34,6 +34,10 @@ from antiprof_core.sources.python.layout import (
 from antiprof_core.symbolize.python import CodeNamer, ProcessMemory, PythonProcess, PythonReadError, Unsupported, detect
 
 MAX_OPEN_MEMORY = 256  # /proc/PID/mem descriptors kept open; the least recently used are closed
+# Code objects remembered over all processes (about 1 KiB each with their line tables), shared
+# out evenly: a host of many Python processes does not multiply the agent's memory.
+CODE_OBJECTS = 16384
+MIN_CODE_OBJECTS = 256
 COUNTER_NAMES = ("processes_found", "processes_unsupported", "processes_refused", "name_errors")
 
 
@@ -163,6 +167,7 @@ class PythonProcesses:
                 self._logger.debug("python_processes: process %d not written: %s", tgid, error)
                 return
             self._known[tgid] = _Known(result, CodeNamer(result, memory))
+            self._share_code_objects()
             self._mark_open(tgid)
             self._counts["processes_found"] += 1
         version = ".".join(map(str, result.version))
@@ -186,6 +191,11 @@ class PythonProcesses:
         known.namer.memory.close()
         self._open.pop(tgid, None)
         self._map.delete(ct.c_uint32(tgid))
+
+    def _share_code_objects(self) -> None:
+        share = max(CODE_OBJECTS // max(len(self._known), 1), MIN_CODE_OBJECTS)
+        for known in self._known.values():
+            known.namer.max_entries = share
 
     def _mark_open(self, tgid: int) -> None:
         self._open[tgid] = None
