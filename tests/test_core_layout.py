@@ -54,3 +54,18 @@ def test_importing_sources_and_symbolize_loads_no_bcc() -> None:
     code = "import sys, antiprof_core.sources, antiprof_core.symbolize; print('bcc' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert (result.returncode, result.stdout) == (0, "False\n"), result.stderr
+
+
+def test_every_core_package_is_in_the_wheel() -> None:
+    """pyproject.toml lists the packages by hand (the BPF source lives outside the tree): a package
+    missing there works in the editable checkout and fails with ModuleNotFoundError once installed."""
+    import tomllib
+    from pathlib import Path
+
+    root = Path(antiprof_core.__file__).parent
+    listed = set(tomllib.loads((root.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    packages = {
+        "antiprof_core." + ".".join(init.parent.relative_to(root).parts) if init.parent != root else "antiprof_core"
+        for init in root.rglob("__init__.py")
+    }
+    assert packages <= listed, sorted(packages - listed)

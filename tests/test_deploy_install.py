@@ -169,8 +169,12 @@ def run_directly(command: list[str], port: int, perf_dir: Path) -> None:
     agent = subprocess.Popen(command, stderr=subprocess.PIPE, text=True)
     try:
         produced_a_window(port, perf_dir)
-    finally:
+    except AssertionError as error:  # with what the agent said: the one clue to why in a CI log
         agent.send_signal(signal.SIGTERM)
+        raise AssertionError(f"{error}; the agent logged:\n{agent.communicate(timeout=60)[1]}") from None
+    finally:
+        if agent.poll() is None:
+            agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)
     assert agent.returncode == 0, stderr
     files = list(perf_dir.glob("*.perf.data"))
