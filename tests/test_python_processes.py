@@ -8,6 +8,7 @@ import ctypes as ct
 import logging
 import os
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -65,11 +66,13 @@ def test_a_cpython_gets_its_entry_and_its_frames_named(
         recorded.insert(1, SHIM)  # a 3.12-style shim under heavy_math: heavy_math becomes its call's entry
         recorded.append(pack(0x7FFF_0000_1000, 0))  # a made-up code object: delivered unnamed
         named = processes.frames(program.pid, recorded)
+        late = processes.frames(program.pid, recorded, deadline=time.monotonic() - 1)  # the window ran out
         program.resume()
+    assert [frame.symbol for frame, _ in late] == [None] * 4 and processes.counters()["late"] == len(recorded)
     assert [frame.symbol for frame, _ in named] == ["heavy_math", "main", "<module>", None]
     assert [entry for _, entry in named] == [True, False, True, False]
     assert named[0][0].file == str(program.path) and named[0][0].line is not None
-    counters = processes.counters()
+    counters = processes.totals()
     assert counters["processes_found"] == 1 and counters["name_errors"] == 1
     processes.forget(program.pid)
     assert entry_of(fd, program.pid) is None
@@ -83,9 +86,11 @@ def test_an_old_cpython_is_logged_once_and_left_native(
     if old is None:
         pytest.skip("no CPython 3.10 on this machine")
     caplog.set_level(logging.WARNING)
-    started = [subprocess.Popen([old.path, "-c", "import time; time.sleep(60)"]) for _ in range(2)]
+    program = "import time; print('ready', flush=True); time.sleep(60)"
+    started = [subprocess.Popen([old.path, "-c", program], stdout=subprocess.PIPE) for _ in range(2)]
     try:
         for process in started:
+            assert process.stdout is not None and process.stdout.readline() == b"ready\n"  # exec'd, not a fork
             processes.note_process(process.pid)
         assert processes.wait_idle(30)
     finally:

@@ -68,7 +68,7 @@ def build_window(
             recorded = stacks.get(python_hash, ()) if python_hash and python is not None else ()
             if recorded:
                 assert python is not None
-                user = interleave(user, python.frames(tgid, recorded))
+                user = interleave(user, python.frames(tgid, recorded, deadline))
             user_stacks[(tgid, user_hash, python_hash)] = user
         samples.append(
             Sample(

@@ -15,6 +15,7 @@ import ctypes as ct
 import logging
 import queue
 import threading
+import time
 from collections.abc import Sequence
 
 from attrs import define
@@ -38,7 +39,7 @@ MAX_OPEN_MEMORY = 256  # /proc/PID/mem descriptors kept open; the least recently
 # out evenly: a host of many Python processes does not multiply the agent's memory.
 CODE_OBJECTS = 16384
 MIN_CODE_OBJECTS = 256
-COUNTER_NAMES = ("processes_found", "processes_unsupported", "processes_refused", "name_errors")
+COUNTER_NAMES = ("processes_found", "processes_unsupported", "processes_refused", "name_errors", "late")
 
 
 @define
@@ -74,8 +75,14 @@ class PythonProcesses:
         if tgid > 0:
             self._queue.put(tgid)
 
-    def frames(self, tgid: int, recorded: Sequence[int]) -> PythonFrames:
-        """The frames the BPF walk recorded for ``tgid``, named; unnamed when the code object cannot be read."""
+    def frames(self, tgid: int, recorded: Sequence[int], deadline: float | None = None) -> PythonFrames:
+        """The frames the BPF walk recorded for ``tgid``, named; unnamed when the code object cannot be
+        read, or past ``deadline`` (``time.monotonic()``: the window's naming deadline, counted as
+        ``late``), so a process that fills its frames with made-up code objects cannot hold a window."""
+        if deadline is not None and time.monotonic() > deadline:
+            with self._lock:
+                self._counts["late"] += len(recorded)
+            return tuple((self._unnamed(value), False) for value in recorded if value != SHIM)
         with self._lock:
             known = self._known.get(tgid)
             if known is not None and not self._reopen(tgid, known):
@@ -93,15 +100,23 @@ class PythonProcesses:
                         frame = known.namer.frame(raw)
                     except PythonReadError:
                         self._counts["name_errors"] += 1
-                if frame is None:
-                    frame = Frame(raw.code_address, FrameKind.CPYTHON, None, max(raw.instruction_offset, 0))
-                out.append((frame, raw.entry))
+                out.append((frame or self._unnamed(value), raw.entry))
             return tuple(out)
+
+    @staticmethod
+    def _unnamed(value: int) -> Frame:
+        raw = unpack_frame(value)
+        return Frame(raw.code_address, FrameKind.CPYTHON, None, max(raw.instruction_offset, 0))
 
     def forget(self, tgid: int) -> None:
         """The process is gone (or its PID about to be reused): its entry and descriptor go."""
         with self._lock:
             self._forget(tgid)
+
+    def totals(self) -> dict[str, int]:
+        """Every counter since start."""
+        with self._lock:
+            return {name: self._counts[name] for name in COUNTER_NAMES}
 
     def counters(self) -> dict[str, int]:
         """What each counter gained since the last call."""
