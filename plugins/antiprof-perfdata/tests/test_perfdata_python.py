@@ -7,10 +7,12 @@ two-function workload stands in for a C extension above and the interpreter belo
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import time
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -21,10 +23,12 @@ from antiprof_perfdata import write_perf_data
 from antiprof_perfdata.elfimage import TEXT_OFFSET, ElfSymbol, symbol_image
 from antiprof_perfdata.perftool import parse_script, report_shares, run_perf
 from antiprof_perfdata.pythonsyms import SLOT_SIZE
+from antiprof_perfdata.readers import all_shares
 from antiprof_perfdata.sink import PerfDataSink, PerfDataWriteError
 
 from antiprof_core.model import Frame, FrameKind, ProfileWindow, Sample
 from antiprof_core.testing import make_consumer, run_consumer
+from antiprof_core.testing import small_tmpfs as mount_small_tmpfs
 
 if TYPE_CHECKING:  # conftest is pytest's, only mypy imports it
     from conftest import ElfWindows
@@ -331,3 +335,60 @@ def test_pipe_mode_writes_images_before_the_records_that_need_them(
         (named("heavy_math"), named("<module>"), "main"): 2,
         (named("light_strings"), named("<module>"), "main"): 1,
     }
+
+
+@pytest.fixture
+def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
+    """A 256 KiB tmpfs, unmounted afterwards (needs root)."""
+    with mount_small_tmpfs(tmp_path / "small") as mount:
+        yield mount
+
+
+def test_a_full_disk_while_writing_an_image_drops_the_window_and_recovers(
+    small_tmpfs: Path, buildid_dir: Path, elf_windows: ElfWindows
+) -> None:
+    out = small_tmpfs / "perf"
+    consumer = sink({"output_dir": str(out)})
+    consumer.start()
+    consumer.consume(python_window(elf_windows, {(HEAVY, MODULE, "main"): 2}))
+    [path] = out.glob("*.perf.data")
+    images = out / (path.name + ".python")
+    filler = small_tmpfs / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    with contextlib.suppress(OSError):
+        while True:
+            os.write(fd, b"\0" * 4096)
+    os.close(fd)
+
+    with pytest.raises(PerfDataWriteError) as error:
+        consumer.consume(python_window(elf_windows, {(LIGHT, MODULE, "main"): 1}, start_ns=T0 + SECOND))
+    assert str(error.value) == (
+        f"cannot write {images / 'python-symbols-2.so'}: No space left on device; "
+        "window dropped, the next one will try again"
+    )
+    assert sorted(p.name for p in images.iterdir()) == ["python-symbols-1.so"]  # no half image, no temporary
+    assert stack_counts(script(path, buildid_dir)) == {(named("heavy_math"), named("<module>"), "main"): 2}
+
+    filler.unlink()
+    consumer.consume(python_window(elf_windows, {(LIGHT, MODULE, "main"): 1}, start_ns=T0 + 2 * SECOND))
+    consumer.close()
+    assert stack_counts(script(path, buildid_dir)) == {
+        (named("heavy_math"), named("<module>"), "main"): 2,
+        (named("light_strings"), named("<module>"), "main"): 1,
+    }
+
+
+def test_flame_graph_readers_show_python_names_whole_with_their_shares(
+    tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows
+) -> None:
+    window = python_window(
+        elf_windows,
+        {("work_light", HEAVY, MAIN, MODULE, "cycle", "main"): 200, (LIGHT, MAIN, MODULE, "cycle", "main"): 100},
+    )
+    path = write_perf_data(tmp_path / "py.perf.data", [window])
+    names = [named("heavy_math"), named("light_strings"), named("main")]
+
+    shares = all_shares(path, buildid_dir, names)
+
+    for reader, seen in shares.items():  # perf report, line-folded perf script, npm flamegraph, speedscope
+        assert seen == pytest.approx(dict(zip(names, (2 / 3, 1 / 3, 1.0), strict=True)), abs=0.01), reader
