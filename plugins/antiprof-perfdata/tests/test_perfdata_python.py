@@ -392,3 +392,16 @@ def test_flame_graph_readers_show_python_names_whole_with_their_shares(
 
     for reader, seen in shares.items():  # perf report, line-folded perf script, npm flamegraph, speedscope
         assert seen == pytest.approx(dict(zip(names, (2 / 3, 1 / 3, 1.0), strict=True)), abs=0.01), reader
+
+
+def test_pipe_mode_keeps_the_newest_streams_image_folders(tmp_path: Path, elf_windows: ElfWindows) -> None:
+    images = tmp_path / "images"
+    for index in range(3):  # three streams, one after the other
+        window = python_window(elf_windows, {(HEAVY, MODULE, "main"): 1}, start_ns=T0 + index * SECOND)
+        options = {"mode": "pipe", "path": str(tmp_path / f"stream{index}"), "output_dir": str(images), "max_files": 2}
+        run_consumer(sink(options), [window])
+
+    assert sorted(p.name for p in images.iterdir()) == [
+        "antiprof-synthetic-host-20261125T094641Z.pipe.python",
+        "antiprof-synthetic-host-20261125T094642Z.pipe.python",
+    ]
