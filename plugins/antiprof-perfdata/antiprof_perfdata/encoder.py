@@ -9,9 +9,9 @@ from __future__ import annotations
 
 from attrs import field, frozen
 
-from antiprof_core.model import Frame, FrameKind, Mapping, ProfileWindow, SamplingMode
-from antiprof_perfdata import layout, pythonsyms, timeline
-from antiprof_perfdata.pythonsyms import PendingImage, PythonPlan, PythonSymbols
+from antiprof_core.model import FrameKind, Mapping, ProfileWindow, SamplingMode
+from antiprof_perfdata import layout, timeline
+from antiprof_perfdata.pythonsyms import PendingImage, PythonPlan, PythonSymbols, Translated
 
 _KERNEL = FrameKind.KERNEL
 _CPYTHON = FrameKind.CPYTHON
@@ -133,13 +133,9 @@ class RecordEncoder:
             kernel_id = build_id_bytes(kernel.build_id)
             if kernel_id is not None and (kernel.path, kernel_id) not in self.build_ids:
                 new_build_ids[(kernel.path, kernel_id)] = BuildId(kernel.path, kernel_id, kernel=True)
-        plan = self.python.plan(window) if self.python is not None and _has_python(window) else None
-        slots = None
-        if plan is not None:
-            assert self.python is not None
-            slots = {**self.python.slots, **plan.slots}
-        comms, mappings = self._describe_threads(window, chunks, new_build_ids, slots)
-        records = self._samples(window, chunks, slots)
+        translated = self.python.translate(window) if self.python is not None and _has_python(window) else None
+        comms, mappings = self._describe_threads(window, chunks, new_build_ids, translated)
+        records = self._samples(window, chunks, translated)
         first = window.start_ns
         last = window.end_ns
         if window.mode is SamplingMode.TRACE:
@@ -156,7 +152,7 @@ class RecordEncoder:
             mappings=frozenset(mappings),
             build_ids=tuple(new_build_ids.values()),
             kernel_mapped=kernel_mapped,
-            python=plan,
+            python=translated.plan if translated is not None else None,
         )
 
     def commit(self, encoded: EncodedWindow) -> None:
@@ -178,7 +174,7 @@ class RecordEncoder:
         window: ProfileWindow,
         chunks: list[bytes],
         build_ids: dict[tuple[str, bytes], BuildId],
-        slots: dict[tuple[str, str], tuple[int, Mapping]] | None,
+        translated: Translated | None,
     ) -> tuple[dict[tuple[int, int], str], set[tuple[int, Mapping]]]:
         """COMM and MMAP2 records for threads and mappings this stream has not described yet."""
         comms: dict[tuple[int, int], str] = {}
@@ -201,8 +197,8 @@ class RecordEncoder:
             process = window.processes.get(pid)
             if process is not None:
                 needed[pid] = list(process.mappings)
-        if slots is not None:
-            for pid, images in _python_images(window, slots).items():
+        if translated is not None:
+            for pid, images in translated.images_by_pid.items():
                 needed.setdefault(pid, []).extend(images)
         for pid, pid_mappings in needed.items():
             for mapping in pid_mappings:
@@ -216,9 +212,7 @@ class RecordEncoder:
                     build_ids[(mapping.path, raw_id)] = BuildId(mapping.path, raw_id)
         return comms, mappings
 
-    def _samples(
-        self, window: ProfileWindow, chunks: list[bytes], slots: dict[tuple[str, str], tuple[int, Mapping]] | None
-    ) -> int:
+    def _samples(self, window: ProfileWindow, chunks: list[bytes], translated: Translated | None) -> int:
         """SAMPLE records in time order, leaf first with kernel and user context markers; returns how many.
 
         Each distinct stack is packed once, split around its time field, and repeated with the
@@ -234,12 +228,11 @@ class RecordEncoder:
         base_size = 8 * (1 + layout.SAMPLE_FIXED_WORDS)
         heads: list[bytes] = []
         tails: list[bytes] = []
-        for sample in window.samples:
+        translated_chains = translated.chains if translated is not None else None
+        for position, sample in enumerate(window.samples):
             stack = sample.stack
-            if slots is None:
-                chain = [frame.address for frame in stack]
-            else:
-                chain = [_python_address(frame, slots) if frame.kind is _CPYTHON else frame.address for frame in stack]
+            # Python frames as their slots; either way a list of its own, changed below
+            chain = [frame.address for frame in stack] if translated_chains is None else translated_chains[position]
             depth = len(chain)
             if depth and stack[0].kind is _KERNEL:
                 ip, misc = chain[0], misc_kernel
@@ -272,25 +265,3 @@ class RecordEncoder:
 
 def _has_python(window: ProfileWindow) -> bool:
     return any(frame.kind is _CPYTHON for sample in window.samples for frame in sample.stack)
-
-
-def _python_address(frame: Frame, slots: dict[tuple[str, str], tuple[int, Mapping]]) -> int:
-    """The slot perf names after the frame's function; a nameless frame stays [unknown]."""
-    key = pythonsyms.function_key(frame)
-    found = slots.get(key) if key is not None else None
-    return pythonsyms.UNNAMED_ADDRESS if found is None else found[0]
-
-
-def _python_images(
-    window: ProfileWindow, slots: dict[tuple[str, str], tuple[int, Mapping]]
-) -> dict[int, list[Mapping]]:
-    """Per process, the symbol images its Python frames fall in (in the order first used)."""
-    used: dict[int, dict[Mapping, None]] = {}
-    for sample in window.samples:
-        for frame in sample.stack:
-            if frame.kind is _CPYTHON:
-                key = pythonsyms.function_key(frame)
-                found = slots.get(key) if key is not None else None
-                if found is not None:
-                    used.setdefault(sample.pid, {})[found[1]] = None
-    return {pid: list(images) for pid, images in used.items()}

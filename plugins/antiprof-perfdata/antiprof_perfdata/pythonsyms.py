@@ -15,12 +15,11 @@ Symbol names follow CPython's own perf map (``python -X perf``): ``py::<qualname
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 
 from attrs import frozen
 
-from antiprof_core.model import Frame, FrameKind, Mapping, ProfileWindow
+from antiprof_core.model import FrameKind, Mapping, ProfileWindow
 from antiprof_perfdata.elfimage import TEXT_OFFSET, ElfSymbol, symbol_image
 
 REGION_START = 1 << 62
@@ -36,10 +35,6 @@ def symbol_name(qualname: str, file: str | None) -> str:
     return f"py::{qualname}:{file or '<unknown>'}"
 
 
-def function_key(frame: Frame) -> tuple[str, str] | None:
-    return None if frame.symbol is None else (frame.symbol, frame.file or "")
-
-
 @frozen
 class PendingImage:
     """An image to write before the records that map it."""
@@ -50,10 +45,20 @@ class PendingImage:
 
 @frozen
 class PythonPlan:
-    """The slots one window adds, and the image naming them (None when it adds none)."""
+    """What one window adds: slots for its new functions and the image naming them (or nothing)."""
 
-    slots: dict[tuple[str, str], tuple[int, Mapping]]
-    image: PendingImage | None
+    slots: dict[tuple[str, str], int]  # new function -> slot address
+    mapping: Mapping | None = None
+    image: PendingImage | None = None
+
+
+@frozen
+class Translated:
+    """A window's callchains with Python frames as slot addresses, and what they need mapped."""
+
+    chains: list[list[int]]  # one per sample, leaf first, in the window's sample order
+    images_by_pid: dict[int, list[Mapping]]  # the symbol images each process's Python frames fall in
+    plan: PythonPlan
 
 
 class PythonSymbols:
@@ -62,43 +67,73 @@ class PythonSymbols:
     def __init__(self, images_dir: Path | None, arch: str = "x86_64") -> None:
         self.images_dir = images_dir
         self.arch = arch or "x86_64"
-        self.slots: dict[tuple[str, str], tuple[int, Mapping]] = {}
-        self.images = 0
+        self.slots: dict[tuple[str, str], tuple[int, int]] = {}  # function -> (address, image index)
+        self.mappings: list[Mapping] = []  # image index -> its MMAP2 mapping
         self._next_address = REGION_START
 
-    def plan(self, window: ProfileWindow) -> PythonPlan:
-        """Slots for the window's functions that have none yet (state unchanged until ``commit``)."""
-        new_keys: dict[tuple[str, str], None] = {}
-        known = self.slots
-        for frame in _python_frames(window):
-            key = function_key(frame)
-            if key is not None and key not in known:
-                new_keys[key] = None
-        if not new_keys or self.images_dir is None:
-            return PythonPlan({}, None)
-        number = self.images + 1
+    def translate(self, window: ProfileWindow) -> Translated:
+        """Every sample's addresses, slots given to new functions (state unchanged until ``commit``).
+
+        One pass over the frames: this is the per-sample cost of Python frames.
+        """
+        naming = self.images_dir is not None
+        slots = self.slots
+        new: dict[tuple[str, str], int] = {}
+        pending = len(self.mappings)  # the index the new image will get
+        next_address = self._next_address
+        chains: list[list[int]] = []
+        used: dict[int, set[int]] = {}
+        unnamed, cpython, slot_size = UNNAMED_ADDRESS, _CPYTHON, SLOT_SIZE
+        for sample in window.samples:
+            chain: list[int] = []
+            append = chain.append
+            images: set[int] | None = None
+            for frame in sample.stack:
+                if frame.kind is not cpython:
+                    append(frame.address)
+                    continue
+                name = frame.symbol
+                if name is None or not naming:
+                    append(unnamed)
+                    continue
+                key = (name, frame.file or "")
+                found = slots.get(key)
+                if found is not None:
+                    address, image = found
+                else:
+                    address = new.get(key, -1)
+                    if address < 0:
+                        address = new[key] = next_address + slot_size * len(new)
+                    image = pending
+                append(address)
+                if images is None:
+                    images = used.setdefault(sample.pid, set())
+                images.add(image)
+            chains.append(chain)
+        plan = self._plan(new)
+        every = [*self.mappings, plan.mapping] if plan.mapping is not None else self.mappings
+        by_pid = {pid: [every[index] for index in sorted(indices)] for pid, indices in used.items()}
+        return Translated(chains, by_pid, plan)
+
+    def _plan(self, new: dict[tuple[str, str], int]) -> PythonPlan:
+        if not new or self.images_dir is None:
+            return PythonPlan({})
+        number = len(self.mappings) + 1
         path = self.images_dir / f"{IMAGE_PREFIX}{number}{IMAGE_SUFFIX}"
         start = self._next_address
-        size = SLOT_SIZE * len(new_keys)
+        size = SLOT_SIZE * len(new)
         symbols = [
-            ElfSymbol(symbol_name(name, file or None), index * SLOT_SIZE, SLOT_SIZE)
-            for index, (name, file) in enumerate(new_keys)
+            ElfSymbol(symbol_name(name, file or None), address - start, SLOT_SIZE)
+            for (name, file), address in new.items()
         ]
         image = symbol_image(symbols, size, self.arch)
         mapping = Mapping(start, start + size, TEXT_OFFSET, str(path), image.build_id.hex())
-        slots = {key: (start + index * SLOT_SIZE, mapping) for index, key in enumerate(new_keys)}
-        return PythonPlan(slots, PendingImage(path, image.data))
+        return PythonPlan(new, mapping, PendingImage(path, image.data))
 
     def commit(self, plan: PythonPlan) -> None:
-        if plan.image is None:
+        if plan.mapping is None:
             return
-        self.slots.update(plan.slots)
-        self.images += 1
-        self._next_address = max(mapping.end for _, mapping in plan.slots.values())
-
-
-def _python_frames(window: ProfileWindow) -> Iterable[Frame]:
-    for sample in window.samples:
-        for frame in sample.stack:
-            if frame.kind is _CPYTHON:
-                yield frame
+        index = len(self.mappings)
+        self.mappings.append(plan.mapping)
+        self.slots.update((key, (address, index)) for key, address in plan.slots.items())
+        self._next_address = plan.mapping.end
