@@ -405,3 +405,18 @@ def test_pipe_mode_keeps_the_newest_streams_image_folders(tmp_path: Path, elf_wi
         "antiprof-synthetic-host-20261125T094641Z.pipe.python",
         "antiprof-synthetic-host-20261125T094642Z.pipe.python",
     ]
+
+
+def test_a_name_whose_images_folder_is_taken_is_skipped(
+    tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows
+) -> None:
+    taken = tmp_path / "antiprof-synthetic-host-20261125T094640Z.perf.data.python"
+    taken.mkdir()  # another writer's folder for a file it has not published yet
+    (taken / "python-symbols-1.so").write_bytes(b"theirs")
+
+    run_consumer(sink({"output_dir": str(tmp_path)}), [python_window(elf_windows, {(HEAVY, MODULE, "main"): 2})])
+
+    [path] = tmp_path.glob("*.perf.data")
+    assert path.name == "antiprof-synthetic-host-20261125T094640Z-1.perf.data"
+    assert (taken / "python-symbols-1.so").read_bytes() == b"theirs"  # left alone
+    assert stack_counts(script(path, buildid_dir)) == {(named("heavy_math"), named("<module>"), "main"): 2}
