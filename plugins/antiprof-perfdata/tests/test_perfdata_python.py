@@ -115,14 +115,15 @@ def test_perf_script_shows_python_names_in_stack_order_from_any_directory(
     }
 
 
+@pytest.mark.parametrize("compact", [False, True])
 def test_perf_report_weighs_python_functions_by_their_counts(
-    tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows
+    tmp_path: Path, buildid_dir: Path, elf_windows: ElfWindows, compact: bool
 ) -> None:
     window = python_window(
         elf_windows,
         {(HEAVY, MAIN, MODULE, "cycle", "main"): 20, (LIGHT, MAIN, MODULE, "cycle", "main"): 10},
     )
-    path = write_perf_data(tmp_path / "py.perf.data", [window])
+    path = write_perf_data(tmp_path / "py.perf.data", [window], compact=compact)
 
     done = run_perf(["report", "-i", str(path), "--stdio", "--no-children", "--sort", "sym"], buildid_dir, cwd=tmp_path)
 
