@@ -6,6 +6,9 @@ Prints figures and ratios against references measured in the same run:
 1. records per second writing a 50k-stack, depth-32 window (target >= 300k/s on one core), in the
    default form (one SAMPLE per counted sample, time-ordered) and the compact one (one per stack),
    against the JSON sink's encoding of the same window;
+1b. the same with a third of every stack made Python frames (each named through a slot and a
+   symbol image), against the native-only window: steady state, and a first window's cost of
+   building its image;
 2. bytes per sample of our files against what `perf record -g` writes for the same stacks (its
    SAMPLE layout read from a real `perf record` file made in this run);
 3. with real eBPF: the two-function workload profiled by `perf record -F 99 -g` and by the agent at
@@ -28,12 +31,14 @@ import textwrap
 import time
 from pathlib import Path
 
+import attrs
 from antiprof_perfdata.encoder import RecordEncoder
 from antiprof_perfdata.perftool import parse_script, perf_path, run_perf
+from antiprof_perfdata.pythonsyms import PythonSymbols
 from antiprof_perfdata.writer import PerfDataFile
 
 from antiprof_core.codec import window_to_dict
-from antiprof_core.model import ProfileWindow
+from antiprof_core.model import Frame, FrameKind, ProfileWindow
 from antiprof_core.sources.synthetic import synthetic_window
 
 TARGET_RECORDS_PER_SECOND = 300_000
@@ -103,6 +108,47 @@ def writer_throughput(window: ProfileWindow, rounds: int, directory: Path) -> No
             f"{form}: {best:,.0f} records/s = {verdict} against {TARGET_RECORDS_PER_SECOND:,}/s"
             f" ({best / TARGET_RECORDS_PER_SECOND:.2f}x); samples/s vs json: {versus_json:.2f}x"
         )
+    print()
+
+
+def python_shaped(window: ProfileWindow, functions: int = 2000) -> ProfileWindow:
+    """``window`` with the native frames 4..14 of each stack made CPython frames (``functions`` names)."""
+    samples = []
+    for sample in window.samples:
+        stack = list(sample.stack)
+        for index in range(4, min(len(stack), 15)):
+            frame = stack[index]
+            if frame.kind is FrameKind.NATIVE:
+                number = frame.address % functions
+                stack[index] = Frame(
+                    0x7F00_0000_0000 + number * 64, FrameKind.CPYTHON, f"func_{number}", 12, None,
+                    f"/srv/app/module_{number % 50}.py", 10,
+                )  # fmt: skip
+        samples.append(attrs.evolve(sample, stack=tuple(stack)))
+    return attrs.evolve(window, samples=tuple(samples))
+
+
+def python_cost(window: ProfileWindow, rounds: int, directory: Path) -> None:
+    print("## Python frames: encoding cost (a third of each stack Python, 2,000 functions)")
+    shaped = python_shaped(window)
+    python_frames = sum(f.kind is FrameKind.CPYTHON for s in shaped.samples for f in s.stack)
+    print(f"Python frames in the window: {python_frames:,} of {sum(len(s.stack) for s in shaped.samples):,}")
+    print("| what | first window (s) | best samples/s | median samples/s |")
+    print("|---|---|---|---|")
+    samples = window.sample_count
+    rates = {}
+    for label, candidate in (("native frames only (reference)", window), ("with Python frames", shaped)):
+        encoder = RecordEncoder(False, PythonSymbols(directory / "images"))
+        started = time.perf_counter()
+        encoded = encoder.encode(candidate)
+        first = time.perf_counter() - started
+        encoder.commit(encoded)
+        best, median = best_rate(rounds, samples, lambda encoder=encoder, c=candidate: encoder.encode(c))
+        rates[label] = best
+        extra = f" (image: {len(encoded.images[0].data):,} bytes)" if encoded.images else ""
+        print(f"| {label}{extra} | {first:.3f} | {best:,.0f} | {median:,.0f} |")
+    ratio = rates["with Python frames"] / rates["native frames only (reference)"]
+    print(f"with Python frames: {ratio:.2f}x the native-only encoding rate")
     print()
 
 
@@ -232,6 +278,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="antiprof-bench-") as temp:
         directory = Path(temp)
         writer_throughput(window, args.rounds, directory)
+        python_cost(window, args.rounds, directory)
         size_per_sample(window, directory)
         if not args.no_bpf:
             side_by_side(directory)

@@ -11,8 +11,10 @@ from attrs import field, frozen
 
 from antiprof_core.model import FrameKind, Mapping, ProfileWindow, SamplingMode
 from antiprof_perfdata import layout, timeline
+from antiprof_perfdata.pythonsyms import PendingImage, PythonPlan, PythonSymbols, Translated
 
 _KERNEL = FrameKind.KERNEL
+_CPYTHON = FrameKind.CPYTHON
 KERNEL_MAP_SUFFIX = "_text"  # names the relocation symbol, as perf record writes it
 _TIME_AT = 24  # SAMPLE: header 8, ip 8, pid|tid 8, then time
 _U64_PACK = layout.U64.pack
@@ -39,6 +41,12 @@ class EncodedWindow:
     mappings: frozenset[tuple[int, Mapping]] = frozenset()
     build_ids: tuple[BuildId, ...] = ()
     kernel_mapped: bool = False
+    python: PythonPlan | None = None
+
+    @property
+    def images(self) -> tuple[PendingImage, ...]:
+        """Symbol images to write before ``data`` (their MMAP2 records are in it)."""
+        return () if self.python is None or self.python.image is None else (self.python.image,)
 
 
 def build_id_bytes(hex_id: str | None) -> bytes | None:
@@ -102,8 +110,9 @@ class RecordEncoder:
     ``perf report`` weighs it right, tools that count lines or time (FlameGraph, speedscope) do not.
     """
 
-    def __init__(self, compact: bool = False) -> None:
+    def __init__(self, compact: bool = False, python: PythonSymbols | None = None) -> None:
         self.compact = compact
+        self.python = python
         self.comms: dict[tuple[int, int], str] = {}
         self.mappings: set[tuple[int, Mapping]] = set()
         self.build_ids: dict[tuple[str, bytes], BuildId] = {}
@@ -124,8 +133,9 @@ class RecordEncoder:
             kernel_id = build_id_bytes(kernel.build_id)
             if kernel_id is not None and (kernel.path, kernel_id) not in self.build_ids:
                 new_build_ids[(kernel.path, kernel_id)] = BuildId(kernel.path, kernel_id, kernel=True)
-        comms, mappings = self._describe_threads(window, chunks, new_build_ids)
-        records = self._samples(window, chunks)
+        translated = self.python.translate(window) if self.python is not None and _has_python(window) else None
+        comms, mappings = self._describe_threads(window, chunks, new_build_ids, translated)
+        records = self._samples(window, chunks, translated)
         first = window.start_ns
         last = window.end_ns
         if window.mode is SamplingMode.TRACE:
@@ -142,6 +152,7 @@ class RecordEncoder:
             mappings=frozenset(mappings),
             build_ids=tuple(new_build_ids.values()),
             kernel_mapped=kernel_mapped,
+            python=translated.plan if translated is not None else None,
         )
 
     def commit(self, encoded: EncodedWindow) -> None:
@@ -151,13 +162,19 @@ class RecordEncoder:
         for entry in encoded.build_ids:
             self.build_ids[(entry.path, entry.build_id)] = entry
         self.kernel_mapped = encoded.kernel_mapped
+        if encoded.python is not None and self.python is not None:
+            self.python.commit(encoded.python)
         self.first_ns = encoded.first_ns if self.first_ns is None else min(self.first_ns, encoded.first_ns)
         self.last_ns = encoded.last_ns if self.last_ns is None else max(self.last_ns, encoded.last_ns)
         self.windows += 1
         self.samples += encoded.samples
 
     def _describe_threads(
-        self, window: ProfileWindow, chunks: list[bytes], build_ids: dict[tuple[str, bytes], BuildId]
+        self,
+        window: ProfileWindow,
+        chunks: list[bytes],
+        build_ids: dict[tuple[str, bytes], BuildId],
+        translated: Translated | None,
     ) -> tuple[dict[tuple[int, int], str], set[tuple[int, Mapping]]]:
         """COMM and MMAP2 records for threads and mappings this stream has not described yet."""
         comms: dict[tuple[int, int], str] = {}
@@ -175,11 +192,16 @@ class RecordEncoder:
             if known_comms.get(key) != name and comms.get(key) != name:
                 comms[key] = name
                 chunks.append(comm_record(sample.pid, sample.tid, name))
+        needed: dict[int, list[Mapping]] = {}
         for pid in seen_pids:
             process = window.processes.get(pid)
-            if process is None:
-                continue
-            for mapping in process.mappings:
+            if process is not None:
+                needed[pid] = list(process.mappings)
+        if translated is not None:
+            for pid, images in translated.images_by_pid.items():
+                needed.setdefault(pid, []).extend(images)
+        for pid, pid_mappings in needed.items():
+            for mapping in pid_mappings:
                 key_map = (pid, mapping)
                 if key_map in self.mappings or key_map in mappings:
                     continue
@@ -190,7 +212,7 @@ class RecordEncoder:
                     build_ids[(mapping.path, raw_id)] = BuildId(mapping.path, raw_id)
         return comms, mappings
 
-    def _samples(self, window: ProfileWindow, chunks: list[bytes]) -> int:
+    def _samples(self, window: ProfileWindow, chunks: list[bytes], translated: Translated | None) -> int:
         """SAMPLE records in time order, leaf first with kernel and user context markers; returns how many.
 
         Each distinct stack is packed once, split around its time field, and repeated with the
@@ -206,9 +228,11 @@ class RecordEncoder:
         base_size = 8 * (1 + layout.SAMPLE_FIXED_WORDS)
         heads: list[bytes] = []
         tails: list[bytes] = []
-        for sample in window.samples:
+        translated_chains = translated.chains if translated is not None else None
+        for position, sample in enumerate(window.samples):
             stack = sample.stack
-            chain = [frame.address for frame in stack]
+            # Python frames as their slots; either way a list of its own, changed below
+            chain = [frame.address for frame in stack] if translated_chains is None else translated_chains[position]
             depth = len(chain)
             if depth and stack[0].kind is _KERNEL:
                 ip, misc = chain[0], misc_kernel
@@ -237,3 +261,7 @@ class RecordEncoder:
             append(pack_time(time))
             append(tails[index])
         return len(events)
+
+
+def _has_python(window: ProfileWindow) -> bool:
+    return any(frame.kind is _CPYTHON for sample in window.samples for frame in sample.stack)

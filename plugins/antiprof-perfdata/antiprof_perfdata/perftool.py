@@ -57,10 +57,23 @@ def perf_path() -> str:
     return found
 
 
-def run_perf(args: Sequence[str], buildid_dir: Path, stdin: bytes | None = None, timeout: float = 120.0) -> PerfResult:
-    """Run ``perf ARGS`` with its build-id cache in ``buildid_dir`` (never the user's ~/.debug)."""
-    env = dict(os.environ, PERF_BUILDID_DIR=str(buildid_dir), PERF_PAGER="cat")
-    done = subprocess.run([perf_path(), *args], input=stdin, capture_output=True, env=env, timeout=timeout, check=False)
+def run_perf(
+    args: Sequence[str],
+    buildid_dir: Path,
+    stdin: bytes | None = None,
+    timeout: float = 120.0,
+    cwd: Path | None = None,
+) -> PerfResult:
+    """Run ``perf ARGS`` with its build-id cache in ``buildid_dir`` (never the user's ~/.debug).
+
+    perf 6.1 takes its cache from ``buildid.dir`` in ``~/.perfconfig`` or ``$HOME/.debug`` and
+    ignores a ``PERF_BUILDID_DIR`` it is given (it only sets it for its child scripts): so
+    ``HOME`` is ``buildid_dir`` too, and the cache is ``buildid_dir/.debug``.
+    """
+    env = dict(os.environ, PERF_BUILDID_DIR=str(buildid_dir), HOME=str(buildid_dir), PERF_PAGER="cat")
+    done = subprocess.run(
+        [perf_path(), *args], input=stdin, capture_output=True, env=env, timeout=timeout, check=False, cwd=cwd
+    )
     return PerfResult(done.returncode, done.stdout.decode(errors="replace"), done.stderr.decode(errors="replace"))
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 import sys
 import time
@@ -23,7 +24,7 @@ from antiprof_core.model import ProfileWindow
 from antiprof_core.outputs import OutputPathError, ensure_private_dir, temporary_sibling
 from antiprof_perfdata import naming
 from antiprof_perfdata.config import STDOUT, OutputMode, PerfDataConfig
-from antiprof_perfdata.writer import PerfDataFile, PerfDataPipe, is_readable
+from antiprof_perfdata.writer import ImageWriteError, PerfDataFile, PerfDataPipe, images_dir_for, is_readable
 
 _MAX_SAME_SECOND = 1000
 STALE_TEMPORARY_SECONDS = 60.0  # a temporary file lives for one window's write; older ones are a killed agent's
@@ -132,46 +133,60 @@ class PerfDataSink(Consumer):
         ensure_private_dir(self.directory)
 
     def _start_file(self, window: ProfileWindow) -> int:
-        """Write ``window`` into a new file, then give it its name; on failure leave nothing behind."""
+        """Write ``window`` into a new file, then give it its name; on failure leave nothing behind.
+
+        The name is chosen first, because the records name the symbol images folder that goes
+        with it (``X.perf.data.python``); a name another writer takes meanwhile (the file or the
+        folder) means writing the window again under the next one.
+        """
         self._ensure_directory()
         hostname = self.context.host.hostname
-        first_choice = self.directory / naming.file_name(hostname, window.start_ns)
-        temporary = temporary_sibling(first_choice)
+        for sequence in range(_MAX_SAME_SECOND):
+            final = self.directory / naming.file_name(hostname, window.start_ns, sequence)
+            if os.path.lexists(final) or os.path.lexists(images_dir_for(final)):
+                continue
+            written = self._try_start(window, final)
+            if written is None:
+                continue
+            self._file_start_ns = window.start_ns
+            self.files_created.append(final)
+            self._files_metric.inc()
+            self._apply_retention()
+            return written
+        raise OSError(errno.EEXIST, "too many files started in one second", str(self.directory))
+
+    def _try_start(self, window: ProfileWindow, final: Path) -> int | None:
+        """The window's bytes written, published as ``final``; None when that name was taken meanwhile."""
+        temporary = temporary_sibling(final)
+        images_dir = images_dir_for(final)
         try:
             opened = PerfDataFile(
-                temporary, window.host, window.frequency_hz, self.command_line, compact=self.config.compact
+                temporary,
+                window.host,
+                window.frequency_hz,
+                self.command_line,
+                compact=self.config.compact,
+                images_dir=images_dir,
             )
         except OSError as exc:
             if exc.filename in (None, str(temporary)) and not isinstance(exc, OutputPathError):
-                exc.filename = str(first_choice)
+                exc.filename = str(final)
             raise
         try:
             written = opened.write(window)
-            final = self._publish(opened, window.start_ns)
+            opened.publish_as(final)
         except BaseException as exc:
             opened.close()
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+            opened.images.discard()
+            if isinstance(exc, FileExistsError) and not isinstance(exc, OutputPathError):
+                return None  # the folder (mkdir) or the name (link) went to another writer
             if isinstance(exc, OSError) and exc.filename in (None, str(temporary)):
-                exc.filename = str(first_choice)
+                exc.filename = str(final)
             raise
         self.current = opened
-        self._file_start_ns = window.start_ns
-        self.files_created.append(final)
-        self._files_metric.inc()
-        self._apply_retention()
         return written
-
-    def _publish(self, opened: PerfDataFile, start_ns: int) -> Path:
-        hostname = self.context.host.hostname
-        for sequence in range(_MAX_SAME_SECOND):
-            final = self.directory / naming.file_name(hostname, start_ns, sequence)
-            try:
-                opened.publish_as(final)
-            except FileExistsError:
-                continue
-            return final
-        raise OSError(errno.EEXIST, "too many files started in one second", str(self.directory))
 
     def _apply_retention(self) -> None:
         """Keep the newest ``max_files`` of this sink's files (the current one included).
@@ -192,6 +207,30 @@ class PerfDataSink(Consumer):
                 old.unlink()
             except OSError as exc:
                 self.context.logger.warning("perfdata: cannot remove old file %s: %s", old, _reason(exc))
+                continue
+            self._remove_images(images_dir_for(old))
+        self._remove_orphan_images()
+
+    def _remove_images(self, images_dir: Path) -> None:
+        """A removed file's symbol images go with it (never through a symbolic link)."""
+        if not os.path.lexists(images_dir):
+            return
+        try:
+            shutil.rmtree(images_dir)
+        except OSError as exc:
+            self.context.logger.warning("perfdata: cannot remove %s: %s", images_dir, _reason(exc))
+
+    def _remove_orphan_images(self) -> None:
+        """Image folders whose file is gone (deleted by hand, or a killed agent's), once a minute old.
+
+        The age keeps a folder another writer is filling for a file it has not published yet.
+        """
+        cutoff = time.time() - STALE_TEMPORARY_SECONDS
+        for folder in naming.own_image_dirs(self.directory, self.context.host.hostname):
+            perf_data = folder.with_name(folder.name.removesuffix(naming.IMAGES_SUFFIX))
+            with contextlib.suppress(OSError):
+                if not os.path.lexists(perf_data) and os.lstat(folder).st_mtime < cutoff:
+                    self._remove_images(folder)
 
     def _remove_stale_temporaries(self) -> None:
         """Temporary files a killed agent left (never a name ``perf`` users look at, but they take space)."""
@@ -200,6 +239,7 @@ class PerfDataSink(Consumer):
             with contextlib.suppress(OSError):
                 if os.lstat(stale).st_mtime < cutoff:
                     os.unlink(stale)
+        self._remove_orphan_images()
 
     def _close_file(self) -> None:
         if self.current is not None:
@@ -217,14 +257,30 @@ class PerfDataSink(Consumer):
                 window.frequency_hz,
                 self.command_line,
                 compact=self.config.compact,
+                images_dir=self._pipe_images_dir(window.start_ns),
             )
         try:
             return self.pipe.write(window)
+        except ImageWriteError:
+            raise  # nothing was sent: the stream goes on with the next window
         except OSError as exc:
             self._close_pipe()  # a reader that comes back needs a fresh header
             if exc.filename is None:
                 exc.filename = self.config.path
             raise
+
+    def _pipe_images_dir(self, start_ns: int) -> Path | None:
+        """A new stream's symbol images folder in ``output_dir`` (made when first needed); old streams'
+        folders beyond ``max_files`` are removed."""
+        hostname = self.context.host.hostname
+        existing = naming.own_pipe_image_dirs(self.directory, hostname) if self.directory.is_dir() else []
+        for old in existing[: max(0, len(existing) + 1 - self.config.max_files)]:
+            self._remove_images(old)
+        for sequence in range(_MAX_SAME_SECOND):
+            candidate = self.directory / naming.pipe_images_name(hostname, start_ns, sequence)
+            if not os.path.lexists(candidate):
+                return candidate
+        return None
 
     def _open_pipe(self) -> BinaryIO:
         """stdout, or ``path``: a FIFO (no reader yet: ENXIO, dropped and retried) or a new regular file."""

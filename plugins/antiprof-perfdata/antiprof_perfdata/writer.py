@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shutil
 import stat
 from collections.abc import Sequence
 from pathlib import Path
@@ -21,9 +22,17 @@ from typing import BinaryIO
 
 from antiprof_core import distribution_version
 from antiprof_core.model import Host, ProfileWindow
-from antiprof_core.outputs import open_output_fd, publish_new, temporary_sibling
+from antiprof_core.outputs import (
+    OutputPathError,
+    atomic_replace,
+    ensure_private_dir,
+    open_output_fd,
+    publish_new,
+    temporary_sibling,
+)
 from antiprof_perfdata import features, layout
 from antiprof_perfdata.encoder import EncodedWindow, RecordEncoder
+from antiprof_perfdata.pythonsyms import PendingImage, PythonSymbols
 
 ATTRS_OFFSET = layout.FILE_HEADER.size
 ATTR_ENTRY_SIZE = layout.ATTR_SIZE_VER0 + layout.FILE_SECTION.size
@@ -42,14 +51,19 @@ class PerfDataFile:
         command_line: Sequence[str] = (),
         version: str = DEFAULT_VERSION,
         compact: bool = False,
+        images_dir: Path | None = None,
     ) -> None:
         """Create ``path`` (0600, O_EXCL, O_NOFOLLOW: never an existing file or a symlink).
 
-        ``path`` is meant to be a temporary name: see ``publish_as``.
+        ``path`` is meant to be a temporary name: see ``publish_as``. ``images_dir`` is where the
+        symbol images naming Python frames go (``images_dir_for`` the final name); it must not
+        exist before the first window that needs it, so two writers never share one. None: Python
+        frames stay unnamed.
         """
         self.path = path
         self.frequency_hz = frequency_hz
-        self.encoder = RecordEncoder(compact)
+        self.images = ImageWriter(images_dir)
+        self.encoder = RecordEncoder(compact, PythonSymbols(images_dir, host.arch))
         self._host_features = features.host_features(host, command_line, version)
         self._event_desc = features.event_desc(frequency_hz)
         self._data_size = 0
@@ -86,6 +100,7 @@ class PerfDataFile:
         (or the next) can be written again.
         """
         encoded = window if isinstance(window, EncodedWindow) else self.encoder.encode(window)
+        written_images = self.images.write(encoded.images, first=self.encoder.windows == 0)
         if self._data_size:
             os.pwrite(self._fd, self._header(self._data_size, (0, 0, 0, 0)), 0)
         end = DATA_OFFSET + self._data_size
@@ -94,6 +109,7 @@ class PerfDataFile:
             self.encoder.commit(encoded)
         except OSError:
             self._publish()  # put the old features back; they fit where they were
+            self.images.remove(written_images)
             raise
         self._data_size += len(encoded.data)
         self._publish()
@@ -152,6 +168,72 @@ class PerfDataFile:
         self.close()
 
 
+def images_dir_for(path: Path) -> Path:
+    """Where a perf.data file's symbol images live: ``X.perf.data`` -> ``X.perf.data.python/``."""
+    return path.with_name(path.name + ".python")
+
+
+class ImageWriteError(OSError):
+    """A symbol image (or its folder) could not be written; ``filename`` names it, never a temporary name."""
+
+
+class ImageWriter:
+    """Writes symbol images into one folder (0700, files 0600, never through a symbolic link)."""
+
+    def __init__(self, directory: Path | None) -> None:
+        self.directory = directory
+        self.created_directory = False
+
+    def write(self, images: Sequence[PendingImage], first: bool) -> list[Path]:
+        """Write ``images``; on an error remove those already written and raise ``ImageWriteError``.
+
+        ``first``: the stream's first window, whose writer must create the folder itself
+        (``FileExistsError`` if another writer has it), so a name two writers race for is never
+        shared.
+        """
+        if not images or self.directory is None:
+            return []
+        directory = self.directory
+        try:
+            if first and not self.created_directory:
+                ensure_private_dir(directory.parent)
+                os.mkdir(directory, 0o700)
+                os.chmod(directory, 0o700, follow_symlinks=False)
+                self.created_directory = True
+            else:
+                ensure_private_dir(directory)
+        except FileExistsError:
+            raise
+        except OSError as exc:
+            raise _image_error(exc, directory) from None
+        written: list[Path] = []
+        for image in images:
+            try:
+                atomic_replace(image.path, image.data)  # a name no published record uses yet
+            except OSError as exc:
+                self.remove(written)
+                raise _image_error(exc, image.path) from None
+            written.append(image.path)
+        return written
+
+    def remove(self, paths: Sequence[Path]) -> None:
+        for path in paths:
+            with contextlib.suppress(OSError):
+                os.unlink(path)
+
+    def discard(self) -> None:
+        """Remove the folder this writer created, with everything in it (a file that was never published)."""
+        if self.created_directory and self.directory is not None:
+            shutil.rmtree(self.directory, ignore_errors=True)
+            self.created_directory = False
+
+
+def _image_error(exc: OSError, path: Path) -> ImageWriteError:
+    reason = exc.reason if isinstance(exc, OutputPathError) else str(exc.strerror or exc)
+    where = exc.filename if isinstance(exc, OutputPathError) and exc.filename else str(path)
+    return ImageWriteError(exc.errno or errno.EIO, reason, where)
+
+
 def _pwrite_all(fd: int, data: bytes, offset: int) -> None:
     """pwrite until done: a short write is retried, so a full disk surfaces as ENOSPC."""
     view = memoryview(data)
@@ -171,9 +253,13 @@ class PerfDataPipe:
         command_line: Sequence[str] = (),
         version: str = DEFAULT_VERSION,
         compact: bool = False,
+        images_dir: Path | None = None,
     ) -> None:
+        """``images_dir``: where symbol images for Python frames go, each written before the
+        records that map it, so a live reader finds it (see ``PerfDataFile``)."""
         self.stream = stream
-        self.encoder = RecordEncoder(compact)
+        self.images = ImageWriter(images_dir)
+        self.encoder = RecordEncoder(compact, PythonSymbols(images_dir, host.arch))
         attr = features.attr_bytes(frequency_hz)
         parts = [
             layout.PIPE_HEADER.pack(layout.MAGIC, layout.PIPE_HEADER.size),
@@ -191,6 +277,7 @@ class PerfDataPipe:
     def write(self, window: ProfileWindow) -> int:
         """Send one window (build IDs first, then its records); returns the bytes sent."""
         encoded = self.encoder.encode(window)
+        self.images.write(encoded.images, first=self.encoder.windows == 0)
         ids = b"".join(features.build_id_entry(entry, layout.RECORD_HEADER_BUILD_ID) for entry in encoded.build_ids)
         data = self._pending + ids + encoded.data
         self.stream.write(data)
@@ -209,12 +296,16 @@ def write_perf_data(
     """Write ``windows`` (at least one; all from one host and frequency) to a new file at ``path``.
 
     The file appears at ``path`` only once complete; an existing file there is never replaced.
+    Python frames are named by symbol images in ``images_dir_for(path)``, created when needed.
     """
     if os.path.lexists(path):
         raise FileExistsError(errno.EEXIST, "File exists", str(path))
     first = windows[0]
     temporary = temporary_sibling(path)
-    with PerfDataFile(temporary, first.host, first.frequency_hz, command_line, compact=compact) as out:
+    images_dir = images_dir_for(path)
+    with PerfDataFile(
+        temporary, first.host, first.frequency_hz, command_line, compact=compact, images_dir=images_dir
+    ) as out:
         try:
             for window in windows:
                 out.write(window)
@@ -222,6 +313,7 @@ def write_perf_data(
         except BaseException:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
+            out.images.discard()
             raise
     return path
 
