@@ -8,6 +8,8 @@ its Python caller and the interpreter's own frames stay below, down to `main`.
 
 from __future__ import annotations
 
+import os
+import re
 import subprocess
 import sys
 import time
@@ -17,7 +19,7 @@ from pathlib import Path
 import pytest
 
 from antiprof_core.model import FrameKind, ProfileWindow, Sample
-from antiprof_core.testing import require_bpf
+from antiprof_core.testing import antiprof_command, require_bpf
 from antiprof_core.testing.agent import RunningAgent
 from antiprof_core.testing.python_workloads import (
     BY_CLOCK_LINES,
@@ -106,6 +108,42 @@ def test_debian_python_names_both_functions_with_file_line_and_true_shares(tmp_p
 
 
 INTERPRETER_ENTRY = ("Py_BytesMain", "__libc_start_main")
+
+
+def test_record_names_python_functions_in_its_table_and_in_perf_script(tmp_path: Path) -> None:
+    """What a user runs: `antiprof record -p PID`, its table, then `perf script` on its perf.data."""
+    require_bpf()
+    from antiprof_perfdata.perftool import parse_script, run_perf
+
+    out = tmp_path / "out"
+    with running_program([DEBIAN_PYTHON, "-I"], TWO_FUNCTIONS_BY_CLOCK_PROGRAM, tmp_path) as program:
+        done = subprocess.run(
+            antiprof_command("record", "-d", "4s", "-F", "199", "-p", str(program.pid), "-o", str(out)),
+            capture_output=True,
+            text=True,
+            timeout=300,
+            env={**os.environ, "COLUMNS": "200"},
+        )
+    assert done.returncode == 0, done.stderr
+    rows = {m.group(4): float(m.group(2)) for m in TABLE_ROW.finditer(done.stdout)}  # total shares
+    for function, truth in BY_CLOCK_SHARES.items():
+        assert rows[function] == pytest.approx(100 * truth, abs=6), (function, rows)
+    [perf_data] = out.glob("*.perf.data")
+    script = run_perf(["script", "-i", str(perf_data)], tmp_path / "perf-home")
+    assert script.returncode == 0, script.stderr
+    samples = parse_script(script.stdout)
+    script_path = tmp_path / "program.py"
+
+    def python_part(frames: tuple[str | None, ...]) -> list[str]:
+        return [name for name in frames if name and name.startswith("py::")]
+
+    chains = [python_part(tuple(f.symbol for f in sample.frames)) for sample in samples]
+    heavy = [f"py::heavy_math:{script_path}", f"py::main:{script_path}", f"py::<module>:{script_path}"]
+    assert sum(chain == heavy for chain in chains) / len(chains) == pytest.approx(2 / 3, abs=0.06)
+
+
+# A row of record's table: self %, total %, samples, function, module
+TABLE_ROW = re.compile(r"│\s*([\d.]+)%\s*│\s*([\d.]+)%\s*│\s*(\d+)\s*│\s*(\S+)\s*│\s*(\S*)\s*│")
 
 
 def entry_order(sample: Sample) -> list[str | None]:
