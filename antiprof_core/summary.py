@@ -21,8 +21,17 @@ class FunctionCost:
 
 
 def frame_label(frame: Frame) -> tuple[str, str]:
-    """(function, module) as a person reads them; unnamed frames keep their address."""
-    module = os.path.basename(frame.mapping.path) if frame.mapping else frame.kind.value
+    """(function, module) as a person reads them; unnamed frames keep their address.
+
+    The module is the mapped file's name, or for a Python function its source file's name (so
+    Python's ``main`` in app.py is not the interpreter's C ``main``), else the kind ("kernel").
+    """
+    if frame.mapping is not None:
+        module = os.path.basename(frame.mapping.path)
+    elif frame.file:
+        module = os.path.basename(frame.file)
+    else:
+        module = frame.kind.value
     return (frame.symbol or f"[unknown] {frame.address:#x}", module)
 
 

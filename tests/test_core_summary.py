@@ -5,6 +5,7 @@ from __future__ import annotations
 from antiprof_core.model import Frame, FrameKind, Mapping, ProfileWindow, Sample
 from antiprof_core.sources.synthetic import synthetic_host
 from antiprof_core.summary import HottestFunctions
+from antiprof_core.testing.python_windows import synthetic_python_window
 
 PROGRAM = Mapping(0x400000, 0x500000, 0, "/usr/bin/two_functions")
 
@@ -59,3 +60,15 @@ def test_of_callers_that_cost_the_same_the_nearest_to_the_hot_code_comes_first()
     assert top[18:] == ["cycle", "main"]  # 2 functions and 16 handlers with self samples come first
     full = [row.function for row in table.top(100)]
     assert full[-5:] == ["cycle", "main", "__libc_start_call_main", "__libc_start_main", "_start"]
+
+
+def test_python_functions_are_named_with_their_source_file_and_their_lines_add_up() -> None:
+    table = HottestFunctions()
+    table.consume(synthetic_python_window())
+    rows = {(row.function, row.module): (row.self_samples, row.total_samples) for row in table.top(100)}
+    assert rows[("heavy_math", "two_functions.py")] == (60, 60)  # lines 12 and 13: one row
+    assert rows[("light_strings", "two_functions.py")] == (30, 30)
+    assert rows[("hash_block", "two_functions.py")] == (0, 10)
+    assert rows[("main", "two_functions.py")] == (0, 101) and rows[("main", "python3.11")] == (0, 101)
+    assert rows[("[unknown] 0x7f2000009000", "cpython")] == (1, 1)  # a code object that could not be read
+    assert [row.function for row in table.top(2)] == ["heavy_math", "light_strings"]

@@ -12,9 +12,10 @@ from importlib import resources
 
 from attrs import frozen
 
-from antiprof_flamegraph.stacks import FlatTree, Folded, LabelTable
+from antiprof_flamegraph.stacks import FlatTree, Folded, LabelTable, Lines
 
-KINDS = ("root", "process", "kernel", "native", "jit", "interpreted")
+KINDS = ("root", "process", "kernel", "native", "jit", "cpython")
+MAX_LINES_SHOWN = 8  # source lines listed per interpreted frame, the most sampled first
 
 
 @frozen
@@ -43,9 +44,28 @@ def subtitle(heading: Heading, samples: int) -> str:
 # --- HTML -----------------------------------------------------------------------------------
 
 
-def tree_payload(tree: FlatTree, table: LabelTable) -> dict[str, object]:
-    """The boxes as flat arrays the page rebuilds: a label table and preorder (label, value, depth) triples."""
+def source_lines(lines: Lines | None) -> dict[int, list[int]]:
+    """Label id -> its sampled source lines, the most sampled first (at most ``MAX_LINES_SHOWN``)."""
+    by_label: dict[int, list[tuple[int, int]]] = {}
+    for (label, line), samples in (lines or {}).items():
+        by_label.setdefault(label, []).append((-samples, line))
+    return {label: [line for _, line in sorted(found)[:MAX_LINES_SHOWN]] for label, found in by_label.items()}
+
+
+def where(module: str, lines: list[int] | None) -> str:
+    """``(libc.so.6)``, or ``(/srv/app/work.py:12, 14)`` for an interpreted function sampled on two lines."""
+    if not module:
+        return ""
+    return f" ({module}:{', '.join(map(str, lines))})" if lines else f" ({module})"
+
+
+def tree_payload(tree: FlatTree, table: LabelTable, lines: Lines | None = None) -> dict[str, object]:
+    """The boxes as flat arrays the page rebuilds: a label table and preorder (label, value, depth) triples.
+
+    A label is [name, module, kind], plus its source lines when it has some.
+    """
     kinds = {kind: i for i, kind in enumerate(KINDS)}
+    lines_of = source_lines(lines)
     local: dict[int, int] = {}
     labels: list[list[object]] = []
     nodes: list[int] = []
@@ -54,7 +74,10 @@ def tree_payload(tree: FlatTree, table: LabelTable) -> dict[str, object]:
         if index is None:
             name, module, kind = table.labels[label_id]
             index = local[label_id] = len(labels)
-            labels.append([name, module, kinds.setdefault(kind, len(kinds))])
+            entry: list[object] = [name, module, kinds.setdefault(kind, len(kinds))]
+            if label_id in lines_of:
+                entry.append(lines_of[label_id])
+            labels.append(entry)
         nodes += (index, value, depth)
     return {"kinds": list(kinds), "labels": labels, "nodes": nodes}
 
@@ -68,7 +91,7 @@ def _script_json(value: object) -> str:
 _SLOT = re.compile(r"/\*@(\w+)@\*/|\{\{(\w+)\}\}")
 
 
-def render_html(tree: FlatTree, table: LabelTable, heading: Heading) -> str:
+def render_html(tree: FlatTree, table: LabelTable, heading: Heading, lines: Lines | None = None) -> str:
     """One self-contained page: no request leaves it (scripts, styles and data are inline).
 
     Every box of ``tree`` is in it: cut big trees with ``flatten(folded, max_boxes)`` first.
@@ -76,7 +99,7 @@ def render_html(tree: FlatTree, table: LabelTable, heading: Heading) -> str:
     slots = {
         "STYLE": _asset("flamegraph.css"),
         "SCRIPT": _asset("flamegraph.js"),
-        "DATA": _script_json(tree_payload(tree, table)),
+        "DATA": _script_json(tree_payload(tree, table, lines)),
         "TITLE": html.escape(heading.title),
         "SUBTITLE": html.escape(subtitle(heading, tree.total)),
     }
@@ -86,7 +109,8 @@ def render_html(tree: FlatTree, table: LabelTable, heading: Heading) -> str:
 
 # --- folded ---------------------------------------------------------------------------------
 
-_KIND_SUFFIX = {"kernel": "_[k]", "jit": "_[j]", "interpreted": "_[i]"}  # FlameGraph's colour hints
+# FlameGraph's colour hints; it has none for Python (its "_[i]" means inlined), so Python names stay bare.
+_KIND_SUFFIX = {"kernel": "_[k]", "jit": "_[j]"}
 _UNSAFE_IN_FOLDED = re.compile(r"[;\r\n\t]")
 
 
@@ -126,7 +150,7 @@ _PALETTE = {
     "kernel": (28, 85, 58),
     "native": (4, 72, 62),
     "jit": (110, 55, 52),
-    "interpreted": (190, 65, 55),
+    "cpython": (190, 65, 55),
 }
 
 
@@ -147,12 +171,13 @@ def _fit(name: str, pixels: float) -> str:
     return name if len(name) <= chars else name[: chars - 2] + ".."
 
 
-def render_svg(tree: FlatTree, table: LabelTable, heading: Heading) -> str:
+def render_svg(tree: FlatTree, table: LabelTable, heading: Heading, lines: Lines | None = None) -> str:
     """A static icicle (root on top, widest first), frames narrower than a third of a pixel left out."""
     total = tree.total or 1
     scale = SVG_WIDTH / total
     tree = tree.at_least(math.ceil(_MIN_PIXELS / scale))
     kids = tree.children()
+    lines_of = source_lines(lines)
     parts: list[str] = []
     depth_seen = 0
     pending: list[tuple[int, float]] = [(0, 0.0)] if tree.values else []
@@ -162,8 +187,8 @@ def render_svg(tree: FlatTree, table: LabelTable, heading: Heading) -> str:
         width = value * scale
         depth_seen = max(depth_seen, depth)
         name, module, kind = table.labels[tree.labels[box]]
-        where = f" ({module})" if module else ""
-        tip = html.escape(f"{name}{where}: {value:,} samples, {100 * value / total:.2f}%")
+        place = where(module, lines_of.get(tree.labels[box]))
+        tip = html.escape(f"{name}{place}: {value:,} samples, {100 * value / total:.2f}%")
         y = _TOP + depth * _ROW
         text = html.escape(_fit(name, width))
         parts.append(

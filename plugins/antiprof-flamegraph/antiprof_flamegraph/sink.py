@@ -18,7 +18,7 @@ from antiprof_core.model import ProfileWindow
 from antiprof_flamegraph import files, naming
 from antiprof_flamegraph.config import FlameGraphConfig, OutputFormat
 from antiprof_flamegraph.render import Heading, render_folded, render_html, render_svg
-from antiprof_flamegraph.stacks import FlatTree, Folded, LabelTable, add_into, flatten, fold_window
+from antiprof_flamegraph.stacks import FlatTree, Folded, LabelTable, Lines, add_into, flatten, fold_window
 
 _MAX_SAME_SECOND = 1000
 _COMPACT_LABELS_OVER = 500_000  # and over 4x the labels the span still uses
@@ -29,10 +29,10 @@ class FlameGraphWriteError(Exception):
 
 
 class _Window:
-    __slots__ = ("end_ns", "folded", "start_ns")
+    __slots__ = ("end_ns", "folded", "lines", "start_ns")
 
-    def __init__(self, start_ns: int, end_ns: int, folded: Folded) -> None:
-        self.start_ns, self.end_ns, self.folded = start_ns, end_ns, folded
+    def __init__(self, start_ns: int, end_ns: int, folded: Folded, lines: Lines) -> None:
+        self.start_ns, self.end_ns, self.folded, self.lines = start_ns, end_ns, folded, lines
 
 
 class FlameGraphSink(Consumer):
@@ -46,6 +46,7 @@ class FlameGraphSink(Consumer):
         self.labels = LabelTable()
         self.recent: collections.deque[_Window] = collections.deque()
         self.span_counts: Folded = {}  # the sum of recent windows' paths, kept up to date
+        self.span_lines: Lines = {}  # and of their source lines (interpreted frames)
         self.files_written: list[Path] = []
         self._target = self.directory
         written = context.counter("antiprof_flamegraph_files_written", "Flame graph files written", "format")
@@ -61,7 +62,8 @@ class FlameGraphSink(Consumer):
             self.context.logger.error("flamegraph: cannot open %s: %s", self.directory, exc.strerror or exc)
 
     def consume(self, window: ProfileWindow) -> None:
-        current = _Window(window.start_ns, window.end_ns, fold_window(window, self.labels))
+        lines: Lines = {}
+        current = _Window(window.start_ns, window.end_ns, fold_window(window, self.labels, lines), lines)
         self._remember(current)
         self._target = self.directory  # what the error names if a write fails
         try:
@@ -80,18 +82,24 @@ class FlameGraphSink(Consumer):
     def _remember(self, current: _Window) -> None:
         self.recent.append(current)
         add_into(self.span_counts, current.folded)
+        add_into(self.span_lines, current.lines)
         oldest_kept = current.end_ns - int(self.config.span * 1e9)
         while len(self.recent) > 1 and self.recent[0].end_ns <= oldest_kept:
-            add_into(self.span_counts, self.recent.popleft().folded, -1)
+            oldest = self.recent.popleft()
+            add_into(self.span_counts, oldest.folded, -1)
+            add_into(self.span_lines, oldest.lines, -1)
         if len(self.labels) > _COMPACT_LABELS_OVER:
             used = {label for path in self.span_counts for label in path}
             if len(self.labels) > 4 * len(used):
-                foldeds = self.labels.compact([self.span_counts, *(w.folded for w in self.recent)])
+                foldeds = self.labels.compact(
+                    [self.span_counts, *(w.folded for w in self.recent)],
+                    [self.span_lines, *(w.lines for w in self.recent)],
+                )
                 self.span_counts = foldeds[0]
                 for kept, folded in zip(self.recent, foldeds[1:], strict=True):
                     kept.folded = folded
 
-    def _render_all(self, folded: Folded, heading: Heading) -> Iterator[tuple[OutputFormat, bytes]]:
+    def _render_all(self, folded: Folded, lines: Lines, heading: Heading) -> Iterator[tuple[OutputFormat, bytes]]:
         tree: FlatTree | None = None  # built once for HTML and SVG
         for output in self.config.formats:
             if output is OutputFormat.FOLDED:
@@ -100,13 +108,13 @@ class FlameGraphSink(Consumer):
             if tree is None:
                 tree = flatten(folded, self.config.max_nodes)
             if output is OutputFormat.SVG:
-                yield output, render_svg(tree, self.labels, heading).encode()
+                yield output, render_svg(tree, self.labels, heading, lines).encode()
             else:
-                yield output, render_html(tree, self.labels, heading).encode()
+                yield output, render_html(tree, self.labels, heading, lines).encode()
 
     def _write_window(self, directory_fd: int, current: _Window) -> None:
         heading = Heading(self.title, current.start_ns, current.end_ns)
-        for output, content in self._render_all(current.folded, heading):
+        for output, content in self._render_all(current.folded, current.lines, heading):
             for sequence in range(_MAX_SAME_SECOND):
                 name = naming.window_file_name(self.context.host.hostname, current.start_ns, output.suffix, sequence)
                 self._target = self.directory / name
@@ -123,7 +131,7 @@ class FlameGraphSink(Consumer):
     def _write_latest(self, directory_fd: int) -> None:
         windows = list(self.recent)
         heading = Heading(self.title, windows[0].start_ns, windows[-1].end_ns, len(windows))
-        for output, content in self._render_all(self.span_counts, heading):
+        for output, content in self._render_all(self.span_counts, self.span_lines, heading):
             name = self.config.latest + output.suffix
             self._target = self.directory / name
             files.replace(directory_fd, name, content)

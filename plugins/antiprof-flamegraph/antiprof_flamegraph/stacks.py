@@ -1,9 +1,12 @@
 """Windows to folded stacks, and folded stacks to the flat preorder list of boxes a flame graph draws.
 
 A frame is drawn as a ``Label`` (name, module, kind): the same function in the same file is one
-box, whatever its address. The process (its command name) is the first frame under the root, so
-a host-wide graph splits by program first. Labels are numbered once in a ``LabelTable`` so that
-paths are tuples of small ints: cheap to hash, sort and keep for a whole span.
+box, whatever its address. For an interpreted (Python) frame the module is its source file and
+the line is not part of the label, so one function sampled on several lines is one box; the
+lines are counted on the side (``Lines``) for the details a person hovers. The process (its
+command name) is the first frame under the root, so a host-wide graph splits by program first.
+Labels are numbered once in a ``LabelTable`` so that paths are tuples of small ints: cheap to
+hash, sort and keep for a whole span.
 """
 
 from __future__ import annotations
@@ -13,7 +16,8 @@ import gc
 import heapq
 import itertools
 import os
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterable, Iterator
+from typing import TypeVar
 
 from attrs import frozen
 
@@ -22,6 +26,7 @@ from antiprof_core.model import Frame, FrameKind, ProfileWindow
 Label = tuple[str, str, str]  # (name, module, kind)
 Stack = tuple[int, ...]  # label ids, root first (process, outermost caller, ..., leaf)
 Folded = dict[Stack, int]  # samples per path
+Lines = dict[tuple[int, int], int]  # (label id, source line) -> samples, for frames that have a line
 
 PROCESS_KIND = "process"
 ROOT_LABEL: Label = ("all", "", "root")
@@ -41,7 +46,7 @@ def no_gc() -> Iterator[None]:
 
 def frame_label(frame: Frame) -> Label:
     """Unnamed frames keep their address, as perf does, so they still tell places apart."""
-    module = os.path.basename(frame.mapping.path) if frame.mapping else ""
+    module = os.path.basename(frame.mapping.path) if frame.mapping else (frame.file or "")
     name = frame.symbol if frame.symbol is not None else f"[unknown] {frame.address:#x}"
     return (name, module, frame.kind.value)
 
@@ -63,18 +68,28 @@ class LabelTable:
             self.labels.append(label)
         return found
 
-    def compact(self, foldeds: list[Folded]) -> list[Folded]:
-        """Forget labels no path uses any more (a long-running agent sees processes come and go)."""
+    def compact(self, foldeds: list[Folded], lines: Iterable[Lines] = ()) -> list[Folded]:
+        """Forget labels no path uses any more (a long-running agent sees processes come and go).
+
+        ``lines`` are renumbered in place; their labels are on the paths, so none is forgotten.
+        """
         old = self.labels
         self.labels, self.ids = [ROOT_LABEL], {ROOT_LABEL: 0}
         with no_gc():
-            return [{tuple(self.id(old[i]) for i in path): n for path, n in folded.items()} for folded in foldeds]
+            compacted = [{tuple(self.id(old[i]) for i in path): n for path, n in folded.items()} for folded in foldeds]
+            for counts in lines:
+                renumbered = {(self.id(old[label]), line): n for (label, line), n in counts.items()}
+                counts.clear()
+                counts.update(renumbered)
+            return compacted
 
 
-def fold_window(window: ProfileWindow, table: LabelTable) -> Folded:
-    """Root-first label paths of a window with their sample counts."""
+def fold_window(window: ProfileWindow, table: LabelTable, lines: Lines | None = None) -> Folded:
+    """Root-first label paths of a window with their sample counts; the samples of each (label,
+    source line) are added into ``lines`` when given (only frames with a line cost anything)."""
     folded: Folded = {}
     by_frame: dict[int, int] = {}  # id(frame) -> label id: frames are shared between a window's samples
+    lined: dict[int, tuple[int, int]] = {}  # id(frame) -> (label id, line), for frames with a line
     by_pid: dict[int, int] = {}
     modules: dict[int, str] = {}  # id(mapping) -> file name
     lookup = by_frame.get
@@ -89,27 +104,33 @@ def fold_window(window: ProfileWindow, table: LabelTable) -> Folded:
             if None in labels:
                 for position, frame in enumerate(reversed(sample.stack)):
                     if labels[position] is None:
-                        labels[position] = by_frame[id(frame)] = table.id(_label(frame, modules))
+                        label = labels[position] = by_frame[id(frame)] = table.id(_label(frame, modules))
+                        if frame.line is not None:
+                            lined[id(frame)] = (label, frame.line)
+            if lined and lines is not None:
+                for key in filter(None, map(lined.get, map(id, sample.stack))):
+                    lines[key] = lines.get(key, 0) + sample.count
             path = (process, *labels)
             folded[path] = folded.get(path, 0) + sample.count  # type: ignore[index,arg-type]
     return folded
 
 
 _KIND_NAMES = {kind: kind.value for kind in FrameKind}
+_Key = TypeVar("_Key", bound=Hashable)
 
 
 def _label(frame: Frame, modules: dict[int, str]) -> Label:
     """frame_label with the mapping's file name cached: a window has few mappings and many frames."""
     mapping = frame.mapping
     if mapping is None:
-        module = ""
+        module = frame.file or ""  # an interpreted frame's source file
     else:
         module = modules.get(id(mapping)) or modules.setdefault(id(mapping), os.path.basename(mapping.path))
     name = frame.symbol if frame.symbol is not None else f"[unknown] {frame.address:#x}"
     return (name, module, _KIND_NAMES[frame.kind])
 
 
-def add_into(total: Folded, folded: Folded, sign: int = 1) -> None:
+def add_into(total: dict[_Key, int], folded: dict[_Key, int], sign: int = 1) -> None:
     """``total += sign * folded``, dropping paths that reach zero."""
     for path, count in folded.items():
         left = total.get(path, 0) + sign * count

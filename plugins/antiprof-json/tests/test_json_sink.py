@@ -16,6 +16,7 @@ from antiprof_core.codec import window_from_dict
 from antiprof_core.config import ConfigError
 from antiprof_core.outputs import OutputPathError
 from antiprof_core.testing import make_consumer, run_consumer, small_tmpfs, synthetic_window
+from antiprof_core.testing.python_windows import SYNTHETIC_PYTHON_FILE, synthetic_python_window
 from antiprof_core.testing.users import unprivileged_user
 
 
@@ -117,3 +118,18 @@ def test_full_disk_keeps_the_file_valid_and_resumes_when_space_returns(full_disk
     consumer.consume(window)
     consumer.close()
     assert [window_from_dict(json.loads(line)) for line in path.read_text().splitlines()] == [window]
+
+
+def test_python_frames_keep_kind_file_and_line(tmp_path: Path) -> None:
+    path = tmp_path / "python.jsonl"
+    window = synthetic_python_window()
+    run_consumer(make_consumer(antiprof_json, "json", {"path": str(path)}), [window])
+    data = json.loads(path.read_text())
+    heavy = [f for f in data["frames"] if f["symbol"] == "heavy_math"]
+    assert sorted((f["kind"], f["file"], f["line"], f["mapping"]) for f in heavy) == [
+        ("cpython", SYNTHETIC_PYTHON_FILE, 12, None),
+        ("cpython", SYNTHETIC_PYTHON_FILE, 13, None),
+    ]
+    unnamed = next(f for f in data["frames"] if f["kind"] == "cpython" and f["symbol"] is None)
+    assert "file" not in unnamed and "line" not in unnamed  # unknown: left out, as for native frames
+    assert window_from_dict(data) == window

@@ -95,6 +95,8 @@ class DecodedFrame:
     frame_type: str
     mapping_path: str
     build_id: str
+    file: str = ""  # the function's source file, for interpreted frames
+    line: int = 0  # the line being run, 0 when unknown
 
 
 @frozen
@@ -117,13 +119,16 @@ def decoded_samples(request: ExportProfilesServiceRequest) -> list[DecodedSample
     def frame(index: int) -> DecodedFrame:
         location = table.location_table[index]
         mapping: profiles_pb2.Mapping = table.mapping_table[location.mapping_index]
-        names = [strings[table.function_table[line.function_index].name_strindex] for line in location.lines]
+        functions = [table.function_table[line.function_index] for line in location.lines]
+        names = [strings[function.name_strindex] for function in functions]
         return DecodedFrame(
             function=names[0] if names else "",
             address=location.address,
             frame_type=str(attributes(location.attribute_indices).get("profile.frame.type", "")),
             mapping_path=strings[mapping.filename_strindex],
             build_id=str(attributes(mapping.attribute_indices).get("process.executable.build_id.gnu", "")),
+            file=strings[functions[0].filename_strindex] if functions else "",
+            line=location.lines[0].line if location.lines else 0,
         )
 
     out = []

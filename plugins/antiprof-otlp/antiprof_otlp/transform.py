@@ -92,11 +92,12 @@ class _Dictionary:
         self._strings: dict[str, int] = {"": 0}
         self._attributes: dict[tuple[str, type, object], int] = {}
         self._functions: dict[str, int] = {}
+        self._source_functions: dict[tuple[str, str], int] = {}  # (name, file) of interpreted code
         self._mappings_by_id: dict[int, int] = {}  # id(mapping) -> index; the window keeps them alive
         self._mappings_by_model: dict[Mapping, int] = {}
         self._mappings: dict[tuple[int, int, int, int, int], int] = {}
         self._locations_by_frame: dict[int, int] = {}  # id(frame) -> index; frames outlive the transform
-        self._locations: dict[tuple[int, int, int, int], int] = {}
+        self._locations: dict[tuple[int, ...], int] = {}
         self._stacks: dict[tuple[int, ...], int] = {}
         self._thread_attributes: dict[tuple[int, str, int], list[int]] = {}
         self._frame_types = {kind.value: self.attribute(FRAME_TYPE, kind.value) for kind in FrameKind}
@@ -128,13 +129,23 @@ class _Dictionary:
         return self._new_function(name) if index is None else index
 
     def _new_function(self, name: str) -> int:
-        index = self._functions[name] = len(self._functions) + 1
+        index = self._functions[name] = len(self._functions) + len(self._source_functions) + 1
         strings = self._strings
         name_index = strings.get(name)
         if name_index is None:
             name_index = strings[name] = len(strings)
             self._string_table.append(name)
         self._function_table.add(name_strindex=name_index)
+        return index
+
+    def source_function(self, name: str, file: str) -> int:
+        """A function known by name and source file (interpreted code), kept apart from a native
+        function of the same name: Python's ``main`` is not the interpreter's C ``main``."""
+        identity = (name, file)
+        index = self._source_functions.get(identity)
+        if index is None:
+            index = self._source_functions[identity] = len(self._functions) + len(self._source_functions) + 1
+            self._function_table.add(name_strindex=self.string(name), filename_strindex=self.string(file))
         return index
 
     def mapping(self, mapping: Mapping) -> int:
@@ -163,6 +174,8 @@ class _Dictionary:
 
     def _new_location(self, frame: Frame) -> int:
         """A frame not seen by identity yet: find or add its location by value (the hot miss path)."""
+        if frame.file is not None and frame.symbol:
+            return self._source_location(frame)
         mapping = frame.mapping
         if mapping is None and frame.kind is FrameKind.KERNEL:
             mapping = self._host.kernel
@@ -185,6 +198,24 @@ class _Dictionary:
             )
             if function_index:
                 location.lines.add(function_index=function_index)
+        self._locations_by_frame[id(frame)] = index
+        return index
+
+    def _source_location(self, frame: Frame) -> int:
+        """An interpreted frame: no mapping and no machine address (the code object's address is
+        neither), a line naming the function, its file and the line being run. One location per
+        (function, line), so two lines of a function are two locations and a line is one location
+        in every process that runs it."""
+        assert frame.symbol is not None and frame.file is not None
+        function_index = self.source_function(frame.symbol, frame.file)
+        frame_type = self._frame_types[frame.kind._value_]
+        line = frame.line or 0
+        identity = (0, 0, function_index, frame_type, line)
+        index = self._locations.get(identity)
+        if index is None:
+            index = self._locations[identity] = len(self._locations) + 1
+            location = self._location_table.add(attribute_indices=(frame_type,))
+            location.lines.add(function_index=function_index, line=line)
         self._locations_by_frame[id(frame)] = index
         return index
 

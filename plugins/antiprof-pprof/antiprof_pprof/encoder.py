@@ -40,9 +40,9 @@ class ProfileBuilder:
         self._mappings: list[Mapping] = []
         self._mapping_unnamed: list[bool] = []  # per mapping: a location in it has no function
         self._location_ids_by_frame: dict[int, int] = {}  # this window's frame objects, by id()
-        self._location_ids: dict[tuple[int, int, str | None], int] = {}
-        self._locations: list[tuple[int, int, int]] = []  # mapping id, address, function id (0: none)
-        self._function_ids: dict[str, int] = {}
+        self._location_ids: dict[tuple[object, ...], int] = {}
+        self._locations: list[tuple[int, int, int, int]] = []  # mapping id, address, function id (0: none), line
+        self._function_ids: dict[str | tuple[str, str], int] = {}  # a name, or (name, file) of interpreted code
         self._profile = profile_pb2.Profile()
         self._labels: dict[_LabelKey, bytes] = {}
         self._merged: dict[tuple[tuple[int, ...], _LabelKey], profile_pb2.Sample] = {}
@@ -122,15 +122,32 @@ class ProfileBuilder:
         return profile_pb2.Sample(label=labels).SerializeToString()
 
     def _new_location(self, frame: Frame) -> int:
+        if frame.file is not None and frame.symbol:
+            return self._new_source_location(frame)
         mapping_id = self._mapping_id(frame.mapping) if frame.mapping is not None else 0
         key = (mapping_id, frame.address, frame.symbol)
         location_id = self._location_ids.get(key)
         if location_id is None:
             function_id = self._function_id(frame.symbol) if frame.symbol else 0
-            self._locations.append((mapping_id, frame.address, function_id))
+            self._locations.append((mapping_id, frame.address, function_id, 0))
             location_id = self._location_ids[key] = len(self._locations)
             if mapping_id and not function_id:
                 self._mapping_unnamed[mapping_id - 1] = True
+        self._location_ids_by_frame[id(frame)] = location_id
+        return location_id
+
+    def _new_source_location(self, frame: Frame) -> int:
+        """An interpreted frame: no mapping, no address (bytecode has none), the function with its
+        file and the line being run. One location per (function, line): pprof's ``-lines`` tells the
+        lines apart, its default view adds them up per function."""
+        assert frame.symbol is not None and frame.file is not None
+        line = frame.line or 0
+        key = (0, 0, frame.symbol, frame.file, line)
+        location_id = self._location_ids.get(key)
+        if location_id is None:
+            function_id = self._function_id((frame.symbol, frame.file))
+            self._locations.append((0, 0, function_id, line))
+            location_id = self._location_ids[key] = len(self._locations)
         self._location_ids_by_frame[id(frame)] = location_id
         return location_id
 
@@ -145,11 +162,12 @@ class ProfileBuilder:
             self._mapping_ids_by_object[id(mapping)] = found
         return found
 
-    def _function_id(self, name: str) -> int:
-        found = self._function_ids.get(name)
+    def _function_id(self, key: str | tuple[str, str]) -> int:
+        found = self._function_ids.get(key)
         if found is None:
-            found = self._function_ids[name] = len(self._function_ids) + 1
-            self._string(name)
+            found = self._function_ids[key] = len(self._function_ids) + 1
+            for text in (key,) if isinstance(key, str) else key:
+                self._string(text)
         return found
 
     def _string(self, text: str) -> int:
@@ -166,15 +184,14 @@ class ProfileBuilder:
         profile.sample_type.extend(pb.ValueType(type=string(kind), unit=string(unit)) for kind, unit in SAMPLE_TYPES)
         profile.period_type.CopyFrom(pb.ValueType(type=string(PERIOD_TYPE[0]), unit=string(PERIOD_TYPE[1])))
         profile.location.extend(
-            pb.Location(id=index, mapping_id=mapping_id, address=address, line=[pb.Line(function_id=function_id)])
+            pb.Location(
+                id=index, mapping_id=mapping_id, address=address, line=[pb.Line(function_id=function_id, line=line)]
+            )
             if function_id
             else pb.Location(id=index, mapping_id=mapping_id, address=address)
-            for index, (mapping_id, address, function_id) in enumerate(self._locations, start=1)
+            for index, (mapping_id, address, function_id, line) in enumerate(self._locations, start=1)
         )
-        profile.function.extend(
-            pb.Function(id=function_id, name=self._strings[name], system_name=self._strings[name])
-            for name, function_id in self._function_ids.items()
-        )
+        profile.function.extend(map(self._function_message, self._function_ids.items()))
         profile.mapping.extend(self._mapping_messages())
         if self.windows:
             profile.time_nanos = self._start_ns
@@ -189,6 +206,16 @@ class ProfileBuilder:
             )
         profile.string_table.extend(self._strings)  # last: the steps above add strings
         return profile
+
+    def _function_message(self, item: tuple[str | tuple[str, str], int]) -> profile_pb2.Function:
+        """Native: system_name = name. Interpreted: no system name, which also keeps go pprof from
+        "demangling" a name equal to it: it would strip ``<module>`` as if it were a C++ template."""
+        key, function_id = item
+        strings = self._strings
+        if isinstance(key, str):
+            return profile_pb2.Function(id=function_id, name=strings[key], system_name=strings[key])
+        name, file = key
+        return profile_pb2.Function(id=function_id, name=strings[name], filename=strings[file])
 
     def _mapping_messages(self) -> list[profile_pb2.Mapping]:
         """The executable of the process with the most stacks first: tools take mapping[0] for the main binary."""

@@ -8,9 +8,9 @@
   var MIN_PIXELS = 0.5;  // narrower frames are not drawn (their samples stay in their parent)
   var PALETTE = {        // [hue, saturation, lightness] per kind; the SVG renderer uses the same
     root: [0, 0, 62], process: [210, 8, 72], kernel: [28, 85, 58],
-    native: [4, 72, 62], jit: [110, 55, 52], interpreted: [190, 65, 55]
+    native: [4, 72, 62], jit: [110, 55, 52], cpython: [190, 65, 55]
   };
-  var KIND_NAMES = { kernel: "kernel", native: "native", jit: "JIT", interpreted: "interpreted" };
+  var KIND_NAMES = { kernel: "kernel", native: "native", jit: "JIT", cpython: "Python" };
 
   var data = JSON.parse(document.getElementById("flamegraph-data").textContent);
   var graph = document.getElementById("flamegraph");
@@ -49,6 +49,7 @@
   function name(i) { return data.labels[label[i]][0]; }
   function module(i) { return data.labels[label[i]][1]; }
   function kind(i) { return data.kinds[data.labels[label[i]][2]]; }
+  function lines(i) { return data.labels[label[i]][3]; }  // source lines of an interpreted frame, or undefined
 
   // crc32 of the UTF-8 name: the same colour as the SVG picture gives it
   var crcTable = (function () {
@@ -77,7 +78,7 @@
 
   function percent(part, whole) { return whole ? (100 * part / whole).toFixed(2) + "%" : "0%"; }
   function describe(i) {
-    var where = module(i) ? " (" + module(i) + ")" : "";
+    var where = module(i) ? " (" + module(i) + (lines(i) ? ":" + lines(i).join(", ") : "") + ")" : "";
     var what = KIND_NAMES[kind(i)] ? ", " + KIND_NAMES[kind(i)] : "";
     return name(i) + where + what + ": " + value[i].toLocaleString("en-US") + " samples, " +
       percent(value[i], total) + " of all" + (zoomed > 0 ? ", " + percent(value[i], value[zoomed]) + " of the zoomed frame" : "");
@@ -171,7 +172,7 @@
 
   (function legend() {
     var list = document.getElementById("legend");
-    ["kernel", "native", "jit", "interpreted"].forEach(function (k) {
+    ["kernel", "native", "jit", "cpython"].forEach(function (k) {
       var item = document.createElement("li"), base = PALETTE[k];
       item.style.setProperty("--swatch", "hsl(" + base[0] + "," + base[1] + "%," + base[2] + "%)");
       item.textContent = KIND_NAMES[k];
