@@ -107,3 +107,17 @@ def test_the_process_entry_holds_the_offsets_of_each_version() -> None:
         assert fields[8] == cframe and fields[14] == (none if is_entry is None else is_entry)
         assert fields[15] == (none if cstack is None else cstack)
         assert fields[16] == offsets.code_adaptive
+
+
+def test_python_counters_reach_prometheus() -> None:
+    from prometheus_client import CollectorRegistry
+
+    from antiprof_core.metrics import SamplerMetrics
+    from antiprof_core.model import Counters
+
+    registry = CollectorRegistry()
+    metrics = SamplerMetrics(registry)
+    metrics.record(Counters(python={"frames_read": 40, "bad_read": 1}))
+    metrics.record(Counters(python={"frames_read": 2, "processes_unsupported": 1}))
+    assert registry.get_sample_value("antiprof_python_total", {"kind": "frames_read"}) == 42
+    assert registry.get_sample_value("antiprof_python_total", {"kind": "processes_unsupported"}) == 1
