@@ -89,7 +89,15 @@ class CodeNamer:
         )
 
     def code_info(self, address: int) -> CodeInfo:
-        header = self.memory.read(address + self._header_start, self._header_size)
+        try:
+            header = self.memory.read(address + self._header_start, self._header_size)
+        except PythonReadError:
+            cached = self._cache.get(address)
+            if cached is None:
+                raise
+            # Nothing left to check against (a process that exited mid-window): its last window
+            # keeps the names read while it ran.
+            return cached
         if self.process.code_type_address is not None and self._pointer(header, self.offsets.object_type) != (
             self.process.code_type_address
         ):
