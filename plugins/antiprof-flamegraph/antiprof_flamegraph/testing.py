@@ -12,9 +12,12 @@ network services, and a DevTools port chosen by the kernel (read from DevToolsAc
 from __future__ import annotations
 
 import base64
+import contextlib
 import itertools
 import json
+import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -134,7 +137,9 @@ class Chromium:
         binary = chromium_path()
         if binary is None:
             raise BrowserError("chromium is not installed (scripts/setup-system.sh installs it)")
-        self._profile = tempfile.TemporaryDirectory(prefix="antiprof-chromium-")
+        # A helper that escaped the group could still hold the profile: a leftover directory in
+        # /tmp is no reason to fail a test about the page.
+        self._profile = tempfile.TemporaryDirectory(prefix="antiprof-chromium-", ignore_cleanup_errors=True)
         profile = Path(self._profile.name)
         self._process = subprocess.Popen(
             [
@@ -146,6 +151,7 @@ class Chromium:
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
+            start_new_session=True,  # its renderer, GPU and crashpad children go with it at exit
         )
         active = profile / "DevToolsActivePort"
         deadline = time.monotonic() + self.timeout
@@ -180,16 +186,41 @@ class Chromium:
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
         if self._process is not None:
-            self._process.terminate()
-            try:
-                self._process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self._process.kill()
-                self._process.wait()
-            if self._process.stderr:
-                self._process.stderr.close()
+            self._stop_process_group(self._process)
         if self._profile is not None:
             self._profile.cleanup()
+
+    def _stop_process_group(self, process: subprocess.Popen[bytes]) -> None:
+        """Ends Chromium and every child it started.
+
+        Chromium's helpers can outlive the browser process for a moment and keep writing into the
+        profile directory, which then cannot be removed: so the whole group is stopped and waited for.
+        """
+        group = process.pid
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(group, signal.SIGTERM)
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        for signal_after_wait in (signal.SIGKILL, None):
+            deadline = time.monotonic() + 10
+            while _group_alive(group) and time.monotonic() < deadline:
+                time.sleep(0.05)
+            if signal_after_wait is not None and _group_alive(group):
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(group, signal_after_wait)
+        if process.stderr:
+            process.stderr.close()
+
+
+def _group_alive(group: int) -> bool:
+    try:
+        os.killpg(group, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 # --- reading the drawn flame graph ---------------------------------------------------------------
