@@ -95,6 +95,7 @@ def window_to_dict(window: ProfileWindow) -> dict[str, Any]:
             "mapping": None if f.mapping is None else mappings.number(f.mapping),
             **({"file": f.file} if f.file is not None else {}),
             **({"line": f.line} if f.line is not None else {}),
+            **({"start_line": f.start_line} if f.start_line is not None else {}),
         }
         for f in frames.items
     ]
@@ -137,6 +138,7 @@ def window_from_dict(data: dict[str, Any]) -> ProfileWindow:
             mapping=None if f["mapping"] is None else mappings[f["mapping"]],
             file=f.get("file"),  # absent in windows written before interpreted frames existed
             line=f.get("line"),
+            start_line=f.get("start_line"),
         )
         for f in data["frames"]
     ]

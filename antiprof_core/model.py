@@ -57,7 +57,8 @@ class Frame:
 
     Interpreted frames (``FrameKind.CPYTHON``) have no machine address of their own: ``address``
     is the code object's address in the process, ``offset`` the instruction's byte offset in
-    its bytecode, and ``file`` and ``line`` say where in the source it was.
+    its bytecode, ``file`` and ``line`` say where in the source it was, and ``start_line`` where
+    its function begins (which tells apart two functions of one name in one file, like lambdas).
     """
 
     address: int
@@ -67,6 +68,7 @@ class Frame:
     mapping: Mapping | None = None
     file: str | None = None  # source file, for interpreted frames
     line: int | None = None  # source line of the instruction, when known
+    start_line: int | None = None  # source line where the function begins, for interpreted frames
 
 
 @frozen

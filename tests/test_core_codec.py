@@ -37,7 +37,7 @@ def _with_python_frames(window: ProfileWindow) -> ProfileWindow:
     """The first sample gets two CPython frames on top of its native ones, as the sampler will add them."""
     first = window.samples[0]
     python = (
-        Frame(0x7F0012345678, FrameKind.CPYTHON, "Worker.heavy_math", 42, None, "/srv/app/work.py", 17),
+        Frame(0x7F0012345678, FrameKind.CPYTHON, "Worker.heavy_math", 42, None, "/srv/app/work.py", 17, 12),
         Frame(0x7F0012340000, FrameKind.CPYTHON, "<module>", 8, None, "/srv/app/main.py", None),
     )
     return attrs.evolve(window, samples=(attrs.evolve(first, stack=python + first.stack), *window.samples[1:]))
@@ -48,21 +48,24 @@ def test_python_frames_keep_file_and_line_through_json() -> None:
     back = window_from_dict(json.loads(json.dumps(window_to_dict(window))))
     assert back == window
     top = back.samples[0].stack[0]
-    assert (top.kind, top.symbol, top.file, top.line, top.offset) == (
+    assert (top.kind, top.symbol, top.file, top.line, top.start_line, top.offset) == (
         FrameKind.CPYTHON,
         "Worker.heavy_math",
         "/srv/app/work.py",
         17,
+        12,
         42,
     )
-    assert back.samples[0].stack[1].line is None
+    assert back.samples[0].stack[1].line is None and back.samples[0].stack[1].start_line is None
     assert FrameKind.CPYTHON.value == "cpython"  # OTel's profile.frame.type for CPython
 
 
 def test_json_written_before_file_and_line_existed_still_decodes() -> None:
     window = synthetic_window(processes=2, stacks=20, depth=6, seed=4)
     data = window_to_dict(window)
-    assert all("file" not in f and "line" not in f for f in data["frames"])  # native frames: same JSON as before
+    assert all(
+        not {"file", "line", "start_line"} & set(f) for f in data["frames"]
+    )  # native frames: same JSON as before
     back = window_from_dict(json.loads(json.dumps(data)))
     assert back == window
     assert all(f.file is None and f.line is None for f in back.frames())

@@ -8,6 +8,8 @@ extension's native frames above the Python caller, and one function sampled on t
 
 from __future__ import annotations
 
+import attrs
+
 from antiprof_core.model import Counters, Frame, FrameKind, Mapping, Process, ProfileWindow, Sample
 from antiprof_core.sources.synthetic import synthetic_host
 
@@ -24,8 +26,14 @@ MAIN_LINES = {"heavy_math": 30, "light_strings": 31, "hash_block": 32}  # main's
 MODULE_LINE = 35
 
 
+# Where each function begins (CPython's co_firstlineno; a module's code starts at line 1).
+START_LINES = {"<module>": 1, "heavy_math": 11, "light_strings": 19, "hash_block": 24, "main": 29}
+
+
 def _python(address: int, qualname: str | None, line: int | None, offset: int = 8) -> Frame:
-    return Frame(address, FrameKind.CPYTHON, qualname, offset, None, SYNTHETIC_PYTHON_FILE if qualname else None, line)
+    if qualname is None:
+        return Frame(address, FrameKind.CPYTHON, None, offset)
+    return Frame(address, FrameKind.CPYTHON, qualname, offset, None, SYNTHETIC_PYTHON_FILE, line, START_LINES[qualname])
 
 
 def _native(name: str, offset: int, mapping: Mapping = SYNTHETIC_PYTHON_EXE) -> Frame:
@@ -92,3 +100,17 @@ def synthetic_python_window(start_ns: int = 1_700_000_000_000_000_000, frequency
         processes={SYNTHETIC_PYTHON_PID: process},
         counters=Counters(samples_seen=sum(sample.count for sample in samples)),
     )
+
+
+def synthetic_two_lambdas_window() -> ProfileWindow:
+    """Two ``<lambda>`` functions of one file, starting on lines 3 and 7, 5 samples each under
+    ``<module>``: sinks that key functions by name and file alone merge them into one."""
+    window = synthetic_python_window()
+    module = Frame(0x7F20_0000_0000, FrameKind.CPYTHON, "<module>", 8, None, SYNTHETIC_PYTHON_FILE, 9, 1)
+    lambdas = (
+        Frame(0x7F20_0000_A000 + 0x1000 * n, FrameKind.CPYTHON, "<lambda>", 4, None, SYNTHETIC_PYTHON_FILE, line, line)
+        for n, line in enumerate((3, 7))
+    )
+    pid = SYNTHETIC_PYTHON_PID
+    samples = tuple(Sample(pid, pid, 0, "python3", (frame, module), 5) for frame in lambdas)
+    return attrs.evolve(window, samples=samples, counters=Counters(samples_seen=10))

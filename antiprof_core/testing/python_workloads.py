@@ -93,6 +93,12 @@ BY_CLOCK_LINES = {
     "main": range(21, 23),
     "<module>": range(25, 26),
 }
+BY_CLOCK_START_LINES = {
+    "heavy_math": 4,
+    "light_strings": 11,
+    "main": 18,
+    "<module>": 1,
+}  # each `def`; a module starts at 1
 
 # A C extension under a Python caller: sha256 over 4 MiB (hashlib releases the GIL for it).
 HASHLIB_PROGRAM = """\

@@ -41,6 +41,7 @@ class PythonFrameName:
     qualname: str
     filename: str
     line: int | None
+    first_line: int
 
 
 class CodeNamer:
@@ -74,7 +75,7 @@ class CodeNamer:
             line = info.lines[offset]
         else:
             line = info.lines[offset] = line_for_offset(info.linetable, info.first_line, offset)
-        return PythonFrameName(info.qualname, info.filename, line)
+        return PythonFrameName(info.qualname, info.filename, line, info.first_line)
 
     def frame(self, raw: RawPythonFrame) -> Frame:
         """The model's frame for ``raw``; PythonReadError when the code object cannot be read."""
@@ -86,6 +87,7 @@ class CodeNamer:
             offset=max(raw.instruction_offset, 0),
             file=name.filename,
             line=name.line,
+            start_line=name.first_line,
         )
 
     def code_info(self, address: int) -> CodeInfo:

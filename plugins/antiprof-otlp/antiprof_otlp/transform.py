@@ -92,7 +92,7 @@ class _Dictionary:
         self._strings: dict[str, int] = {"": 0}
         self._attributes: dict[tuple[str, type, object], int] = {}
         self._functions: dict[str, int] = {}
-        self._source_functions: dict[tuple[str, str], int] = {}  # (name, file) of interpreted code
+        self._source_functions: dict[tuple[str, str, int], int] = {}  # (name, file, start line) of interpreted code
         self._mappings_by_id: dict[int, int] = {}  # id(mapping) -> index; the window keeps them alive
         self._mappings_by_model: dict[Mapping, int] = {}
         self._mappings: dict[tuple[int, int, int, int, int], int] = {}
@@ -138,14 +138,17 @@ class _Dictionary:
         self._function_table.add(name_strindex=name_index)
         return index
 
-    def source_function(self, name: str, file: str) -> int:
-        """A function known by name and source file (interpreted code), kept apart from a native
-        function of the same name: Python's ``main`` is not the interpreter's C ``main``."""
-        identity = (name, file)
+    def source_function(self, name: str, file: str, start_line: int = 0) -> int:
+        """A function known by name, source file and first line (interpreted code), kept apart from
+        a native function of the same name (Python's ``main`` is not the interpreter's C ``main``)
+        and from another of its name in the same file (two lambdas)."""
+        identity = (name, file, start_line)
         index = self._source_functions.get(identity)
         if index is None:
             index = self._source_functions[identity] = len(self._functions) + len(self._source_functions) + 1
-            self._function_table.add(name_strindex=self.string(name), filename_strindex=self.string(file))
+            self._function_table.add(
+                name_strindex=self.string(name), filename_strindex=self.string(file), start_line=start_line
+            )
         return index
 
     def mapping(self, mapping: Mapping) -> int:
@@ -207,7 +210,7 @@ class _Dictionary:
         (function, line), so two lines of a function are two locations and a line is one location
         in every process that runs it."""
         assert frame.symbol is not None and frame.file is not None
-        function_index = self.source_function(frame.symbol, frame.file)
+        function_index = self.source_function(frame.symbol, frame.file, frame.start_line or 0)
         frame_type = self._frame_types[frame.kind._value_]
         line = frame.line or 0
         identity = (0, 0, function_index, frame_type, line)

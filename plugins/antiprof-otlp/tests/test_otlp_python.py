@@ -14,10 +14,12 @@ from antiprof_core.testing.python_windows import (
     HASH_LINE,
     MAIN_LINES,
     MODULE_LINE,
+    START_LINES,
     SYNTHETIC_HASHLIB,
     SYNTHETIC_PYTHON_EXE,
     SYNTHETIC_PYTHON_FILE,
     synthetic_python_window,
+    synthetic_two_lambdas_window,
 )
 
 FILE = SYNTHETIC_PYTHON_FILE
@@ -73,6 +75,24 @@ def test_two_lines_of_one_function_are_two_locations_and_python_main_is_not_c_ma
     )
     assert heavy_lines == [(0, 12), (0, 13)]
     assert len({loc.SerializeToString() for loc in table.location_table}) == len(table.location_table)
+
+
+def test_python_functions_carry_the_line_they_start_on() -> None:
+    table = request().dictionary
+    strings = table.string_table
+    starts = {strings[f.name_strindex]: f.start_line for f in table.function_table if f.filename_strindex}
+    assert starts == START_LINES
+    assert {f.start_line for f in table.function_table if not f.filename_strindex} == {0}  # native: unknown
+
+
+def test_two_functions_of_one_name_in_one_file_stay_two() -> None:
+    """Two lambdas in one module: same name, same file, told apart by the line each starts on."""
+    window = synthetic_two_lambdas_window()
+    [encoded] = encode_window(window, TransformOptions())
+    table = ExportProfilesServiceRequest.FromString(encoded.payload).dictionary
+    strings = table.string_table
+    lambdas = sorted(f.start_line for f in table.function_table if strings[f.name_strindex] == "<lambda>")
+    assert lambdas == [3, 7]
 
 
 def test_a_python_frame_without_a_name_keeps_its_code_object_address() -> None:

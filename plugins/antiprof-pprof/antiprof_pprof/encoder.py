@@ -42,7 +42,8 @@ class ProfileBuilder:
         self._location_ids_by_frame: dict[int, int] = {}  # this window's frame objects, by id()
         self._location_ids: dict[tuple[object, ...], int] = {}
         self._locations: list[tuple[int, int, int, int]] = []  # mapping id, address, function id (0: none), line
-        self._function_ids: dict[str | tuple[str, str], int] = {}  # a name, or (name, file) of interpreted code
+        # a name, or (name, file, start line) of interpreted code
+        self._function_ids: dict[str | tuple[str, str, int], int] = {}
         self._profile = profile_pb2.Profile()
         self._labels: dict[_LabelKey, bytes] = {}
         self._merged: dict[tuple[tuple[int, ...], _LabelKey], profile_pb2.Sample] = {}
@@ -142,10 +143,11 @@ class ProfileBuilder:
         lines apart, its default view adds them up per function."""
         assert frame.symbol is not None and frame.file is not None
         line = frame.line or 0
-        key = (0, 0, frame.symbol, frame.file, line)
+        start_line = frame.start_line or 0
+        key = (0, 0, frame.symbol, frame.file, start_line, line)
         location_id = self._location_ids.get(key)
         if location_id is None:
-            function_id = self._function_id((frame.symbol, frame.file))
+            function_id = self._function_id((frame.symbol, frame.file, start_line))
             self._locations.append((0, 0, function_id, line))
             location_id = self._location_ids[key] = len(self._locations)
         self._location_ids_by_frame[id(frame)] = location_id
@@ -162,11 +164,11 @@ class ProfileBuilder:
             self._mapping_ids_by_object[id(mapping)] = found
         return found
 
-    def _function_id(self, key: str | tuple[str, str]) -> int:
+    def _function_id(self, key: str | tuple[str, str, int]) -> int:
         found = self._function_ids.get(key)
         if found is None:
             found = self._function_ids[key] = len(self._function_ids) + 1
-            for text in (key,) if isinstance(key, str) else key:
+            for text in (key,) if isinstance(key, str) else key[:2]:
                 self._string(text)
         return found
 
@@ -207,15 +209,15 @@ class ProfileBuilder:
         profile.string_table.extend(self._strings)  # last: the steps above add strings
         return profile
 
-    def _function_message(self, item: tuple[str | tuple[str, str], int]) -> profile_pb2.Function:
+    def _function_message(self, item: tuple[str | tuple[str, str, int], int]) -> profile_pb2.Function:
         """Native: system_name = name. Interpreted: no system name, which also keeps go pprof from
         "demangling" a name equal to it: it would strip ``<module>`` as if it were a C++ template."""
         key, function_id = item
         strings = self._strings
         if isinstance(key, str):
             return profile_pb2.Function(id=function_id, name=strings[key], system_name=strings[key])
-        name, file = key
-        return profile_pb2.Function(id=function_id, name=strings[name], filename=strings[file])
+        name, file, start_line = key
+        return profile_pb2.Function(id=function_id, name=strings[name], filename=strings[file], start_line=start_line)
 
     def _mapping_messages(self) -> list[profile_pb2.Mapping]:
         """The executable of the process with the most stacks first: tools take mapping[0] for the main binary."""

@@ -7,7 +7,14 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from antiprof_core.testing.python_windows import MAIN_LINES, MODULE_LINE, SYNTHETIC_PYTHON_FILE, synthetic_python_window
+from antiprof_core.testing.python_windows import (
+    MAIN_LINES,
+    MODULE_LINE,
+    START_LINES,
+    SYNTHETIC_PYTHON_FILE,
+    synthetic_python_window,
+    synthetic_two_lambdas_window,
+)
 from antiprof_pprof import encode_profile, profile_pb2
 
 if TYPE_CHECKING:  # conftest is pytest's, only mypy imports it
@@ -35,6 +42,14 @@ def test_functions_have_their_file_and_locations_their_line(tmp_path: Path) -> N
         if loc.line and functions[loc.line[0].function_id] == ("heavy_math", FILE)
     )
     assert heavy == [(0, 0, 12), (0, 0, 13)]  # one function, two lines: two locations, no mapping
+    assert {text[f.name]: f.start_line for f in profile.function if f.filename} == START_LINES
+
+
+def test_two_functions_of_one_name_in_one_file_stay_two() -> None:
+    """Two lambdas in one module: same name, same file, told apart by the line each starts on."""
+    profile = profile_pb2.Profile.FromString(gzip.decompress(encode_profile([synthetic_two_lambdas_window()])))
+    text = profile.string_table
+    assert sorted(f.start_line for f in profile.function if text[f.name] == "<lambda>") == [3, 7]
 
 
 def test_go_tool_pprof_shows_python_functions_and_with_lines_their_file_and_line(
