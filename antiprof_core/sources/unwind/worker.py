@@ -8,14 +8,10 @@ worker first tries the disk cache, then parses and stores.
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import multiprocessing
-import os
 import threading
 import time
-from concurrent.futures import Executor, Future, ProcessPoolExecutor, ThreadPoolExecutor
-from concurrent.futures.process import BrokenProcessPool
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
 from pathlib import Path
 
 from attrs import frozen
@@ -24,6 +20,7 @@ from antiprof_core.sources.unwind.build import build_table
 from antiprof_core.sources.unwind.cache import DEFAULT_CACHE_DIR, CacheUnavailable, TableCache
 from antiprof_core.sources.unwind.elfsections import read_sections
 from antiprof_core.sources.unwind.table import UnwindTable
+from antiprof_core.sources.unwind.workerprocess import SpawnedWorker, WorkerGone
 from antiprof_core.symbolize.elf import DEBUG_ROOT
 
 log = logging.getLogger(__name__)
@@ -74,21 +71,6 @@ def load_or_build(
     return TableResult(table, False, time.perf_counter() - started)
 
 
-PARENT_CHECK_SECONDS = 1.0
-
-
-def _exit_with_parent(parent_pid: int) -> None:
-    """In the worker: exit once the agent is gone. A SIGKILLed agent runs no shutdown, and an
-    orphaned worker would otherwise live on (and keep its memory) until the host reboots."""
-
-    def watch() -> None:
-        while os.getppid() == parent_pid:
-            time.sleep(PARENT_CHECK_SECONDS)
-        os._exit(0)
-
-    threading.Thread(target=watch, name="antiprof-unwind-parent-watch", daemon=True).start()
-
-
 class UnwindTableBuilder:
     """``request(path)`` -> Future[TableResult]; never blocks; one build per file at a time."""
 
@@ -108,15 +90,7 @@ class UnwindTableBuilder:
     def _make_executor(self) -> Executor:
         if not self._process:
             return ThreadPoolExecutor(max_workers=1, thread_name_prefix="antiprof-unwind")
-        # spawn, not fork: the agent has threads (and BCC) that a forked child must not inherit
-        executor = ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn"),
-            initializer=_exit_with_parent,
-            initargs=(os.getpid(),),
-        )
-        executor.submit(int)  # start the worker now, so no request pays for the spawn
-        return executor
+        return SpawnedWorker("antiprof-unwind-worker")  # started now, so no request pays for the spawn
 
     def request(self, path: str, build_id: str | None = None, name: str | None = None) -> Future[TableResult]:
         """A future of the table for ``path``; asking again while it is being built gives the same future."""
@@ -128,7 +102,7 @@ class UnwindTableBuilder:
             args = (path, self._cache_dir, self._debug_root, name, build_id)
             try:
                 future = self._executor.submit(load_or_build, *args)
-            except BrokenProcessPool:  # the worker died (OOM killer): start another
+            except WorkerGone:  # the worker died (OOM killer): start another
                 log.warning("unwind table worker died; starting a new one")
                 self._executor = self._make_executor()
                 future = self._executor.submit(load_or_build, *args)
@@ -143,12 +117,5 @@ class UnwindTableBuilder:
 
     def close(self) -> None:
         """Stop at once: a build under way (seconds for a large library on a busy host) is abandoned,
-        so the agent's shutdown never waits for it."""
-        executor = self._executor
-        # ProcessPoolExecutor has no public way to stop a running job: end its worker processes
-        # (taken before shutdown, which forgets them).
-        workers = list((getattr(executor, "_processes", None) or {}).values())
-        executor.shutdown(wait=False, cancel_futures=True)
-        for worker in workers:
-            with contextlib.suppress(OSError, AttributeError):
-                worker.kill()
+        so the agent's shutdown never waits for it (a process worker is killed)."""
+        self._executor.shutdown(wait=isinstance(self._executor, SpawnedWorker), cancel_futures=True)
