@@ -24,6 +24,7 @@ from antiprof_core.testing.agent import RunningAgent
 from antiprof_core.testing.python_workloads import (
     BY_CLOCK_LINES,
     BY_CLOCK_SHARES,
+    BY_CLOCK_START_LINES,
     HASHLIB_PROGRAM,
     TWO_FUNCTIONS_BY_CLOCK_PROGRAM,
     Interpreter,
@@ -88,6 +89,7 @@ def check_two_functions(samples: list[Sample], script: Path, tolerance: float) -
     assert frames and all(f.file == str(script) for f in frames)
     on_line = sum(1 for f in frames if f.line in BY_CLOCK_LINES[f.symbol or ""])
     assert on_line / len(frames) >= 0.99, {(f.symbol, f.line) for f in frames}
+    assert {(f.symbol, f.start_line) for f in frames} <= set(BY_CLOCK_START_LINES.items())
     shaped = share(samples, lambda s: python_names(s)[-2:] == ["main", "<module>"])
     assert shaped >= 0.95
 
@@ -259,6 +261,31 @@ def test_a_short_lived_program_and_one_exec_d_from_a_shell_are_named(tmp_path: P
         # Its last window is named after it exited, from what was read while it ran.
         last = samples_of([w for w in windows if samples_of([w], process.pid)][-1:], process.pid)
         assert share(last, is_named) >= 0.8, (process.args, share(last, is_named))
+
+
+def test_a_python_process_in_its_own_pid_namespace_is_named(tmp_path: Path) -> None:
+    """As in a container: CPython numbers its threads as its own PID namespace does (here it is
+    PID 1 there), not as the host does, and the BPF program must find its thread state by that number."""
+    require_bpf()
+    launcher = ["unshare", "--pid", "--fork", "--kill-child", DEBIAN_PYTHON, "-I"]
+    with running_program(launcher, TWO_FUNCTIONS_BY_CLOCK_PROGRAM, tmp_path) as unshare:
+        python_pid = only_child(unshare.pid)
+        assert namespaced_pids(python_pid) == [python_pid, 1]
+        windows, _ = sample(tmp_path, [python_pid], 600)
+    check_two_functions(samples_of(windows, python_pid), tmp_path / "program.py", tolerance=0.06)
+
+
+def only_child(pid: int) -> int:
+    [child] = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+    return int(child)
+
+
+def namespaced_pids(pid: int) -> list[int]:
+    """The `NSpid` line of /proc/PID/status: its number in each PID namespace, the host's first."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("NSpid:"):
+            return [int(n) for n in line.split()[1:]]
+    raise AssertionError(f"/proc/{pid}/status has no NSpid line")
 
 
 if __name__ == "__main__":  # pragma: no cover

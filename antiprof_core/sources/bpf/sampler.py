@@ -234,24 +234,21 @@ class BpfSampler:
         if not self.config.pids:
             return
         started = time.monotonic()
-        if self._python is not None:
+        preparers = [p for p in (self._python, self._unwind_maps) if p is not None]
+        for preparer in preparers:  # both start on every process, then both are waited for
             for pid in self.config.pids:
-                self._python.note_process(pid)
-            self._python.wait_idle(PRELOAD_SECONDS)
-        if self._unwind_maps is None:
-            return
-        for pid in self.config.pids:
-            self._unwind_maps.note_process(pid)
-        if self._unwind_maps.wait_idle(max(PRELOAD_SECONDS - (time.monotonic() - started), 0.1)):
+                preparer.note_process(pid)
+        ready = [preparer.wait_idle(max(PRELOAD_SECONDS - (time.monotonic() - started), 0.1)) for preparer in preparers]
+        if all(ready):
             self.logger.info(
-                "unwind tables for the %d named processes loaded in %.2f s",
+                "the %d named processes prepared (unwind tables, Python interpreters) in %.2f s",
                 len(self.config.pids),
                 time.monotonic() - started,
             )
         else:
             self.logger.warning(
-                "unwind tables for the named processes not all loaded within %.0f s: sampling begins,"
-                " the rest walked by frame pointers until they are in",
+                "the named processes not all prepared within %.0f s: sampling begins, the rest walked"
+                " by frame pointers (and Python frames unread) until they are",
                 PRELOAD_SECONDS,
             )
 
