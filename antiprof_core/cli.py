@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import signal
@@ -30,6 +31,7 @@ from antiprof_core.config import (
     load_config,
     resolve_config_path,
 )
+from antiprof_core.exitguard import EXIT_GRACE_SECONDS, bound_exit
 from antiprof_core.logs import TextFormatter, configure_logging, quiet_grpc
 from antiprof_core.outputs import ensure_private_dir
 from antiprof_core.plugins import LoadedPlugins, load_plugins
@@ -135,6 +137,16 @@ def _run_agent(agent: Agent, duration: float | None, reload: Callable[[], Config
         _fail([f"error: {exc}"], 1)
 
 
+def _exit(code: int, logger: logging.Logger) -> NoReturn:
+    """The agent's work is done and delivered: exit, within a bounded time whatever hangs at exit."""
+    try:
+        grace = float(os.environ.get("ANTIPROF_EXIT_GRACE", EXIT_GRACE_SECONDS))  # tests shorten it
+    except ValueError:
+        grace = EXIT_GRACE_SECONDS
+    bound_exit(code, logger, grace)
+    sys.exit(code)
+
+
 @click.group(cls=_PluginGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="antiprof")
 def main() -> None:
@@ -171,7 +183,8 @@ def run(
             raise ConfigError(["no config file to re-read: the agent started with built-in defaults"])
         return load_config(path, plugins.catalog)
 
-    sys.exit(_run_agent(Agent(config, logger, plugins=plugins.manager, ready_file=ready_file), duration, reload))
+    code = _run_agent(Agent(config, logger, plugins=plugins.manager, ready_file=ready_file), duration, reload)
+    _exit(code, logger)
 
 
 @main.command()
@@ -257,7 +270,7 @@ def record(
         code = _run_agent(agent, float(duration))
     _print_hottest(summary, top)
     _print_written(written_since(out, before))
-    sys.exit(code)
+    _exit(code, logger)
 
 
 RECORD_WINDOW_SECONDS = 1.0  # short windows, so the sample count in the progress line moves
