@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 from attrs import frozen
 
-from antiprof_core.model import ProfileWindow, Sample
+from antiprof_core.model import FrameKind, ProfileWindow, Sample
 from antiprof_core.sources.unwind.cache import TableCache
 from antiprof_core.sources.unwind.elfsections import read_sections
 from antiprof_core.testing import require_bpf
@@ -34,9 +34,11 @@ from antiprof_core.testing.native_workloads import (
     NO_FP_SHARES,
     PYTHON_FUNCTIONS,
     QSORT_COMPARATOR,
+    VDSO_CALLERS,
     build_fork_workload,
     build_no_frame_pointer_workload,
     build_qsort_workload,
+    build_vdso_clock_workload,
     frame_pointer_functions,
     python_two_functions,
     xz_compressing,
@@ -311,6 +313,43 @@ def test_antiprof_shows_the_comparator_under_libc_qsort_under_main(debian: SideB
     samples = debian.run.samples(debian.pids["qsort"])
     assert total_share(samples, QSORT_COMPARATOR) > 0.5
     assert share_with(samples, comparator_chain) >= 0.95
+
+
+# -- the vDSO ----------------------------------------------------------------------------------------
+
+
+def user_leaf_path(sample: Sample) -> str | None:
+    """The mapping path of the sample's first user-space frame ('[vdso]' for the vDSO)."""
+    for frame in sample.stack:
+        if frame.kind is not FrameKind.KERNEL:
+            return frame.mapping.path if frame.mapping else None
+    return None
+
+
+def clocksource() -> str:
+    path = Path("/sys/devices/system/clocksource/clocksource0/current_clocksource")
+    return path.read_text().strip() if path.exists() else "unknown"
+
+
+def test_stacks_through_the_vdso_reach_main(tmp_path: Path) -> None:
+    """A clock_gettime loop spends its time in the vDSO, code no file holds: its table is built
+    from the agent's own vDSO image, so those samples reach main like the others."""
+    require_bpf()
+    program = build_vdso_clock_workload(tmp_path / "vdso")
+    with running(program) as workload:
+        run = sample_until(tmp_path, [workload], "dwarf", 1500, frequency_hz=499)
+    assert run.returncode == 0, run.stderr
+    samples = run.samples(workload.pid)
+    in_vdso = [s for s in samples if user_leaf_path(s) == "[vdso]"]
+    vdso_share = sum(s.count for s in in_vdso) / sum(s.count for s in samples)
+    if vdso_share < 0.2:
+        pytest.skip(f"clocksource {clocksource()}: clock_gettime makes a system call, not a vDSO read")
+    assert {frame.symbol for s in in_vdso for frame in s.stack[:3]} & {"__vdso_clock_gettime", "clock_gettime"}
+
+    def reaches_main(names: list[str | None]) -> bool:
+        return all(caller in names for caller in VDSO_CALLERS)
+
+    assert share_with(in_vdso, reaches_main) >= 0.95, short_stacks(in_vdso)
 
 
 # -- the table cache across restarts ---------------------------------------------------------------

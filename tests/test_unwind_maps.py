@@ -29,10 +29,13 @@ from antiprof_core.sources.unwind.kernelmaps import NativeUnwindMaps
 from antiprof_core.sources.unwind.layout import UNWIND_MAPPING, UNWIND_PROCESS, UNWIND_ROW, kernel_rows
 from antiprof_core.sources.unwind.ranges import RangeAllocator
 from antiprof_core.sources.unwind.rows import CfaKind, RbpKind, Row
+from antiprof_core.sources.unwind.table import UnwindTable
+from antiprof_core.sources.unwind.vdso import VDSO_WORKER_PATH as VDSO
+from antiprof_core.sources.unwind.vdso import build_vdso_table
 from antiprof_core.sources.unwind.walker import Registers, process_resolver, walk
 from antiprof_core.sources.unwind.worker import UnwindTableBuilder
-from antiprof_core.symbolize.elf import read_elf
-from antiprof_core.symbolize.procfs import read_maps
+from antiprof_core.symbolize.elf import DEBUG_ROOT, ElfInfo, read_elf, read_elf_bytes
+from antiprof_core.symbolize.procfs import read_maps, read_own_vdso
 from antiprof_core.testing import require_bpf
 from antiprof_core.testing.workloads import build_two_function_workload, compile_c
 
@@ -157,8 +160,26 @@ def executable_files(pid: int) -> list:  # type: ignore[type-arg]
     return [entry for entry in read_maps(pid, executable_only=True) if entry.inode and entry.path.startswith("/")]
 
 
+def unwound_mappings(pid: int) -> list:  # type: ignore[type-arg]
+    """What the unwinder gives a process tables for: its executable files and its vDSO."""
+    entries = read_maps(pid, executable_only=True)
+    return [entry for entry in entries if (entry.inode and entry.path.startswith("/")) or entry.path == VDSO]
+
+
+def table_of(path: str) -> UnwindTable:
+    return build_vdso_table(DEBUG_ROOT) if path == VDSO else build_table(path)
+
+
+def elf_of(path: str) -> ElfInfo:
+    if path == VDSO:
+        image = read_own_vdso()
+        assert image is not None
+        return read_elf_bytes(image, VDSO)
+    return read_elf(path)
+
+
 def table_rows(path: str) -> int:
-    return len(build_table(path).pcs)
+    return len(table_of(path).pcs)
 
 
 @pytest.fixture
@@ -276,15 +297,15 @@ def test_live_python_gets_every_file_with_its_real_rows(maps_factory, spawn) -> 
     process = python_ready(spawn)
     maps.plan(process.pid)
     runs = maps.mappings(process.pid)
-    files = executable_files(process.pid)
+    files = unwound_mappings(process.pid)
     assert [(start, end) for start, end, *_ in runs] == [(e.start, e.end) for e in files]
     for (start, end, bias, row_start, row_count), entry in zip(runs, files, strict=True):
-        table = build_table(entry.path)
+        table = table_of(entry.path)
         assert row_count == len(table.pcs), entry.path
         rows = maps.rows(row_start, row_count)
         assert [relative + table.pcs[0] for relative, *_ in rows] == list(table.pcs), entry.path
         # the bias maps a runtime pc to the row pc: pc - bias = file address - table base
-        info = read_elf(entry.path)
+        info = elf_of(entry.path)
         file_address = info.file_address(entry.offset + (end - start) // 2)
         assert file_address is not None
         assert (start + (end - start) // 2 - bias) % (1 << 64) == file_address - table.pcs[0]
@@ -443,7 +464,7 @@ def test_exit_deletes_the_entry_and_frees_the_run(maps_factory, spawn) -> None: 
     third = python_ready(spawn)
     maps.plan(third.pid)
     assert maps.entry(third.pid) == (0, entry[1])
-    assert maps.unwind.totals()["files_loaded"] == len(executable_files(third.pid))  # tables stayed loaded
+    assert maps.unwind.totals()["files_loaded"] == len(unwound_mappings(third.pid))  # tables stayed loaded
 
 
 def test_a_library_loaded_later_is_added_when_the_process_is_sampled(maps_factory) -> None:  # type: ignore[no-untyped-def]
@@ -489,7 +510,7 @@ def test_table_larger_than_the_map_is_refused_and_counted(maps_factory, spawn) -
 def test_full_rows_evict_unused_files_first_then_least_recently_sampled(  # type: ignore[no-untyped-def]
     maps_factory, spawn, tmp_path
 ) -> None:
-    """Three builds of one small program share libc and ld.so; the rows hold two of them. A file no
+    """Three builds of one small program share libc, ld.so and the vDSO; the rows hold two of them. A file no
     live process maps gives way before an older one in use; then the least recently sampled file
     in use gives way, and its process is rewritten to walk it with frame pointers."""
     source = Path(build_two_function_workload(tmp_path / "one")).with_suffix(".c").read_text()
@@ -512,14 +533,14 @@ def test_full_rows_evict_unused_files_first_then_least_recently_sampled(  # type
         return start
 
     first = start(binaries[0])
-    rows = {entry.path: table_rows(entry.path) for entry in executable_files(first.pid)}
+    rows = {entry.path: table_rows(entry.path) for entry in unwound_mappings(first.pid)}
     own_rows = rows[str(binaries[0])]
-    maps = maps_factory(rows=sum(rows.values()) + own_rows + own_rows // 2)  # libc, ld.so and two builds
+    maps = maps_factory(rows=sum(rows.values()) + own_rows + own_rows // 2)  # libc, ld.so, vDSO and two builds
     maps.plan(first.pid)
     maps.unwind.on_window(sampled=[first.pid])
     second = start(binaries[1])
     maps.plan(second.pid)
-    assert len(starts(first)) == len(starts(second)) == 3
+    assert len(starts(first)) == len(starts(second)) == 4  # the build, libc, ld.so and the vDSO
     maps.unwind.on_window(sampled=[second.pid])  # the second build sampled more recently than the first
     second.kill()
     second.wait()
@@ -538,12 +559,12 @@ def test_full_rows_evict_unused_files_first_then_least_recently_sampled(  # type
     maps.plan(fourth.pid)
     assert maps.unwind.totals()["evictions"] == 2
     assert binary_start(first, binaries[0]) not in starts(first)  # least recently sampled: rewritten without it
-    assert len(starts(first)) == 2 and binary_start(third, binaries[2]) in starts(third)
+    assert len(starts(first)) == 3 and binary_start(third, binaries[2]) in starts(third)
     maps.unwind.on_window(sampled=[fourth.pid])
     maps.unwind.on_window(sampled=[fourth.pid])
     assert maps.unwind.wait_idle(READY_SECONDS)
     assert binary_start(fourth, binaries[1]) in starts(fourth)
-    assert maps.unwind.totals()["files_loaded"] == 6  # libc, ld.so, the three builds, the second again
+    assert maps.unwind.totals()["files_loaded"] == 7  # libc, ld.so, vDSO, the three builds, the second again
 
 
 def test_processes_over_the_cap_are_refused_and_counted(maps_factory, spawn) -> None:  # type: ignore[no-untyped-def]
@@ -558,7 +579,7 @@ def test_processes_over_the_cap_are_refused_and_counted(maps_factory, spawn) -> 
 def test_mappings_beyond_256_are_left_out_and_counted(maps_factory, spawn, mapper) -> None:  # type: ignore[no-untyped-def]
     maps = maps_factory()
     process = spawn(mapper, "300")
-    total = len(executable_files(process.pid))
+    total = len(unwound_mappings(process.pid))
     assert total > 300
     maps.plan(process.pid)
     assert len(maps.mappings(process.pid)) == 256
@@ -596,9 +617,9 @@ def test_a_mapped_path_replaced_by_a_symlink_or_fifo_is_not_followed(  # type: i
         assert len(mapped) == 1, read_maps(victim.pid, executable_only=True)
         starts = [start for start, *_ in maps.mappings(victim.pid)]
         assert mapped[0].start not in starts
-        assert len(starts) == len(executable_files(victim.pid)) - 1  # libc and ld.so
+        assert len(starts) == len(unwound_mappings(victim.pid)) - 1  # libc, ld.so and the vDSO
     assert maps.unwind.totals()["mappings_left_out"] == 3
-    assert maps.unwind.totals()["files_loaded"] == 3  # the mapper, libc and ld.so: nothing at the hostile paths
+    assert maps.unwind.totals()["files_loaded"] == 4  # the mapper, libc, ld.so, vDSO: nothing at the hostile paths
 
 
 # --- counters reach the window's readers --------------------------------------------------------
@@ -657,7 +678,7 @@ def test_the_sampler_fills_the_unwind_maps_and_reports_their_counters(spawn) -> 
             assert time.monotonic() < deadline, "the process never got an unwind entry"
             time.sleep(0.05)
         window = sampler.collect()
-        files = len(executable_files(process.pid))
+        files = len(unwound_mappings(process.pid))
         assert window.counters.unwind_tables["files_loaded"] == files
         assert window.counters.unwind_tables["rows_loaded"] > 100_000
         assert sampler.collect().counters.unwind_tables["files_loaded"] == 0  # a window's share, not a total

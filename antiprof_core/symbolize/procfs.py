@@ -142,3 +142,24 @@ def live_pids(proc: Path = PROC) -> set[int]:
     """Every process now, from one read of the /proc directory (a few getdents calls, not a stat per PID)."""
     with os.scandir(proc) as entries:
         return {int(entry.name) for entry in entries if entry.name.isdigit()}
+
+
+VDSO_PATH = "[vdso]"
+MAX_VDSO_BYTES = 1 << 20
+
+
+def read_own_vdso() -> bytes | None:
+    """This process's vDSO image, the ELF file the kernel maps into every 64-bit process (the same
+    bytes in each on one kernel): the way to name and unwind code that no file on disk holds."""
+    for entry in read_maps(os.getpid()):
+        if entry.path == VDSO_PATH:
+            if entry.end - entry.start > MAX_VDSO_BYTES:
+                return None
+            try:
+                with open("/proc/self/mem", "rb", buffering=0) as memory:
+                    memory.seek(entry.start)
+                    image = memory.read(entry.end - entry.start)
+            except OSError:
+                return None
+            return image if len(image) == entry.end - entry.start else None
+    return None

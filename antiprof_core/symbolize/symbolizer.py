@@ -17,7 +17,6 @@ counted in ``late_frames``, and named in a later window; the sampler never falls
 from __future__ import annotations
 
 import logging
-import os
 import time
 from pathlib import Path
 
@@ -33,7 +32,7 @@ from antiprof_core.symbolize.processes import ProcessState, ProcessTable
 __all__ = ["ANON_PATH", "VDSO_PATH", "LruCache", "ProcessState", "Symbolizer"]
 
 ANON_PATH = "//anon"  # perf's name for anonymous executable memory (JIT code)
-VDSO_PATH = "[vdso]"
+VDSO_PATH = procfs.VDSO_PATH
 NAME_BYTES = 400  # one held name, measured: its (file, offset) key, the demangled text, the LRU node
 SHARE_DIVISOR = 8  # kernel frames and names each hold up to 1/8 of symbolizer.cache_mb; files the rest
 MIN_NAMING_SECONDS = 10.0  # short windows still get this long: start-up reads every mapped file once
@@ -124,15 +123,12 @@ class Symbolizer:
         """The vDSO is the same image in every process: read ours from memory once."""
         if self._vdso is None:
             self._vdso = False
-            for entry in procfs.read_maps(os.getpid()):
-                if entry.path == VDSO_PATH and entry.end - entry.start <= 1 << 20:
-                    try:
-                        with open("/proc/self/mem", "rb") as mem:
-                            mem.seek(entry.start)
-                            self._vdso = read_elf_bytes(mem.read(entry.end - entry.start), VDSO_PATH)
-                    except (OSError, ElfFileError) as exc:
-                        self._logger.debug("cannot read the vDSO: %s", exc)
-                    break
+            image = procfs.read_own_vdso()
+            if image is not None:
+                try:
+                    self._vdso = read_elf_bytes(image, VDSO_PATH)
+                except ElfFileError as exc:
+                    self._logger.debug("cannot read the vDSO: %s", exc)
         return self._vdso if isinstance(self._vdso, ElfInfo) else None
 
     # --- frames -------------------------------------------------------------------------

@@ -26,9 +26,11 @@ __all__ = [
     "OMIT_FRAME_POINTER_CFLAGS",
     "PYTHON_FUNCTIONS",
     "QSORT_COMPARATOR",
+    "VDSO_CALLERS",
     "build_fork_workload",
     "build_no_frame_pointer_workload",
     "build_qsort_workload",
+    "build_vdso_clock_workload",
     "compile_c_with",
     "frame_pointer_functions",
     "python_two_functions",
@@ -52,6 +54,39 @@ DEBIAN_PYTHON = "/usr/bin/python3.11"
 PYTHON_FUNCTIONS = ("antiprof_heavy", "antiprof_light")
 
 FORK_CHILDREN = 100
+
+VDSO_CALLERS: tuple[str, ...] = ("read_clocks", "timing_middle", "main")
+"""Callers of libc's ``clock_gettime`` (which calls into the vDSO) in the vDSO workload, nearest first."""
+
+_VDSO_CLOCK_SOURCE = r"""
+#include <time.h>
+
+volatile long sink;
+
+/* CLOCK_MONOTONIC is read in the vDSO, without a system call, when the clocksource allows it
+   (tsc, kvm-clock): most of the time is spent there, in code no file on disk holds. */
+__attribute__((noipa)) long read_clocks(long count) {
+    struct timespec now;
+    long total = 0;
+    for (long i = 0; i < count; i++) {
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        total += now.tv_nsec;
+    }
+    return total;
+}
+
+__attribute__((noipa)) long timing_middle(long count) {
+    long total = read_clocks(count);
+    sink = total;
+    return total;
+}
+
+int main(void) {
+    for (;;) {
+        sink += timing_middle(100000);
+    }
+}
+"""
 
 _RAW_SYSCALL = r"""
 #define _GNU_SOURCE
@@ -235,6 +270,11 @@ def build_no_frame_pointer_workload(directory: Path) -> Path:
 def build_qsort_workload(directory: Path) -> Path:
     """``prog``, until killed: libc's qsort over 20000 ints with a comparator that burns CPU."""
     return compile_c_with(_QSORT_SOURCE, Path(directory) / "qsort_callback")
+
+
+def build_vdso_clock_workload(directory: Path) -> Path:
+    """``prog``, until killed: main -> timing_middle -> read_clocks -> libc's clock_gettime -> the vDSO."""
+    return compile_c_with(_VDSO_CLOCK_SOURCE, Path(directory) / "vdso_clock")
 
 
 def build_fork_workload(directory: Path) -> Path:

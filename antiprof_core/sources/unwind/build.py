@@ -6,20 +6,24 @@ from collections import Counter
 from pathlib import Path
 
 from antiprof_core.sources.unwind.cfi import Fde, FrameSectionError, parse_frames
-from antiprof_core.sources.unwind.elfsections import Section, UnwindInputError, read_sections
+from antiprof_core.sources.unwind.elfsections import ElfSections, Section, UnwindInputError, read_sections
 from antiprof_core.sources.unwind.table import UnwindTable, assemble
 from antiprof_core.symbolize.elf import DEBUG_ROOT, debug_file_candidates
 
 MAX_ROWS = 4_000_000  # 80 MiB of table: above any real binary (python3.11: 65k), a bound for hostile ones
 
 
-def build_table(path: str, debug_root: Path = DEBUG_ROOT, name: str | None = None) -> UnwindTable:
+def build_table(
+    path: str, debug_root: Path = DEBUG_ROOT, name: str | None = None, sections: ElfSections | None = None
+) -> UnwindTable:
     """Parse ``path``'s unwind information; raises UnwindInputError (one line) on a bad file.
 
     ``name`` is the file's path as its process sees it, when ``path`` reaches it another way
-    (``/proc/PID/root/...``): the debug file is looked for next to ``name``.
+    (``/proc/PID/root/...``): the debug file is looked for next to ``name``. ``sections``, when
+    given, are the file's, already read (an image with no file, like the vDSO).
     """
-    sections = read_sections(path)
+    if sections is None:
+        sections = read_sections(path)
     counts: Counter[str] = Counter()
     sources: list[list[Fde]] = []
     _add(path, sections.eh_frame, True, sources, counts)

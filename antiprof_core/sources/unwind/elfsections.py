@@ -78,13 +78,18 @@ def read_sections(path: str, unwind: bool = True) -> ElfSections:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise UnwindInputError(path, "not a regular file")
-        if info.st_size > MAX_FILE_SIZE:
-            raise UnwindInputError(path, f"file of {info.st_size} bytes is over the {MAX_FILE_SIZE} byte cap")
-        return _read(fd, path, info.st_size, _WANTED if unwind else (".gnu_debuglink",))
+        return read_sections_fd(fd, path, info.st_size, unwind)
     except OSError as error:
         raise UnwindInputError(path, f"read failed: {error.strerror or error}") from None
     finally:
         os.close(fd)
+
+
+def read_sections_fd(fd: int, path: str, size: int, unwind: bool = True) -> ElfSections:
+    """``read_sections`` of an ELF image of ``size`` bytes open at ``fd`` (a file in memory, say)."""
+    if size > MAX_FILE_SIZE:
+        raise UnwindInputError(path, f"file of {size} bytes is over the {MAX_FILE_SIZE} byte cap")
+    return _read(fd, path, size, _WANTED if unwind else (".gnu_debuglink",))
 
 
 def _pread(fd: int, path: str, size: int, offset: int, file_size: int, what: str) -> bytes:

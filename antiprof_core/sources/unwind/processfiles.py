@@ -1,4 +1,5 @@
 """A process's executable file mappings as the unwinder needs them: which file, and its load bias.
+The vDSO is one of them too, though no file holds it (``vdso``).
 
 The agent runs as root and the paths in ``/proc/PID/maps`` are the process's to choose, so a file
 is opened the symbolizer's way (``ProcessView``: resolved inside the process's root, no symlink
@@ -21,6 +22,7 @@ from pathlib import Path
 from attrs import frozen
 
 from antiprof_core.sources.unwind.elfheaders import ElfHeaderError, read_headers
+from antiprof_core.sources.unwind.vdso import VDSO_WORKER_PATH, is_64_bit_vdso, own_vdso_headers
 from antiprof_core.symbolize import procfs
 from antiprof_core.symbolize.elf import LoadSegment
 from antiprof_core.symbolize.files import ELF_MAX_BYTES, ProcessView
@@ -71,19 +73,18 @@ class ProcessFiles:
 
     def __init__(self, proc: Path = procfs.PROC) -> None:
         self._proc = proc
+        self._vdso: FileIdentity | bool | None = None  # ours, read once (False: there is none)
         # by (device, inode); a refusal also by who asked (another process's user may own the file)
         self._files: OrderedDict[tuple[int, ...], FileIdentity | None] = OrderedDict()
         self.unreadable = 0  # mappings left out: a file refused or not an ELF file
 
     def mappings(self, pid: int) -> list[FileMapping]:
         """Sorted by start; empty when the process is gone or maps no file executable."""
-        entries = [
-            entry
-            for entry in procfs.read_maps(pid, self._proc, executable_only=True)
-            if entry.inode and entry.path.startswith("/")
-        ]
+        entries = procfs.read_maps(pid, self._proc, executable_only=True)
+        vdso = self._vdso_mapping(pid, [entry for entry in entries if entry.path == VDSO_WORKER_PATH])
+        entries = [entry for entry in entries if entry.inode and entry.path.startswith("/")]
         if not entries:
-            return []
+            return [vdso] if vdso else []
         status = procfs.read_status(pid, self._proc)
         view = ProcessView.of(pid, status.uid if status else None, self._proc)
         mappings = []
@@ -101,7 +102,26 @@ class ProcessFiles:
                 self.unreadable += 1
                 continue
             mappings.append(FileMapping(entry.start, entry.end, bias, identity, worker_path, entry.path))
+        if vdso is not None:
+            mappings.append(vdso)
+            mappings.sort(key=lambda mapping: mapping.start)
         return mappings
+
+    def _vdso_mapping(self, pid: int, entries: list[procfs.MapsEntry]) -> FileMapping | None:
+        """The process's vDSO, with our own vDSO's identity: the same image in every 64-bit process."""
+        if len(entries) != 1:
+            return None
+        if self._vdso is None:
+            headers = own_vdso_headers()
+            key = f"build-id:{headers.build_id}" if headers and headers.build_id else "vdso"
+            self._vdso = FileIdentity(key, headers.build_id, headers.segments) if headers else False
+        [entry] = entries
+        if not isinstance(self._vdso, FileIdentity) or not is_64_bit_vdso(pid, entry.start, self._proc):
+            return None
+        bias = load_bias(entry.start, entry.end, entry.offset, self._vdso.segments)
+        if bias is None:
+            return None
+        return FileMapping(entry.start, entry.end, bias, self._vdso, VDSO_WORKER_PATH, VDSO_WORKER_PATH)
 
     def _identity(self, view: ProcessView, entry: procfs.MapsEntry) -> FileIdentity | None:
         key: tuple[int, ...] = (entry.device, entry.inode)

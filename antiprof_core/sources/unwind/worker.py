@@ -20,6 +20,7 @@ from antiprof_core.sources.unwind.build import build_table
 from antiprof_core.sources.unwind.cache import DEFAULT_CACHE_DIR, CacheUnavailable, TableCache
 from antiprof_core.sources.unwind.elfsections import read_sections
 from antiprof_core.sources.unwind.table import UnwindTable
+from antiprof_core.sources.unwind.vdso import VDSO_WORKER_PATH, build_vdso_table
 from antiprof_core.sources.unwind.workerprocess import SpawnedWorker, WorkerGone
 from antiprof_core.symbolize.elf import DEBUG_ROOT
 
@@ -53,16 +54,18 @@ def _cache_for(directory: str | None) -> TableCache | None:
 def load_or_build(
     path: str, cache_dir: str | None, debug_root: str, name: str | None = None, build_id: str | None = None
 ) -> TableResult:
-    """The table for ``path``: from the cache when its build ID is there, else parsed and stored."""
+    """The table for ``path`` (or, for ``VDSO_WORKER_PATH``, the vDSO's): from the cache when its
+    build ID is there, else parsed and stored."""
     started = time.perf_counter()
+    vdso = path == VDSO_WORKER_PATH
     cache = _cache_for(cache_dir)
-    if cache is not None:
+    if cache is not None and (build_id or not vdso):
         build_id = build_id or read_sections(path, unwind=False).build_id
         if build_id:
             cached = cache.load(build_id)
             if cached is not None:
                 return TableResult(cached, True, time.perf_counter() - started)
-    table = build_table(path, Path(debug_root), name)
+    table = build_vdso_table(Path(debug_root)) if vdso else build_table(path, Path(debug_root), name)
     if cache is not None:
         try:
             cache.store(table)
