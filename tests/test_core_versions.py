@@ -28,7 +28,7 @@ def test_every_plugin_pins_a_core_range_that_holds_this_core(pyproject: Path) ->
 @pytest.mark.parametrize("pyproject", DISTRIBUTIONS, ids=lambda p: p.parent.name)
 def test_every_distribution_ships_py_typed(pyproject: Path) -> None:
     config = tomllib.loads(pyproject.read_text())["tool"]["setuptools"]
-    (package,) = config["packages"]
+    (package,) = [name for name in config["packages"] if "." not in name]  # its top-level package
     assert (pyproject.parent / package / "py.typed").exists()
     assert "py.typed" in config["package-data"][package]
 
