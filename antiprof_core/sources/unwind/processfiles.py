@@ -79,7 +79,7 @@ class ProcessFiles:
         self.unreadable = 0  # mappings left out: a file refused or not an ELF file
 
     def mappings(self, pid: int) -> list[FileMapping]:
-        """Sorted by start; empty when the process is gone or maps no file executable."""
+        """Sorted by start, the vDSO among them; empty when the process is gone."""
         entries = procfs.read_maps(pid, self._proc, executable_only=True)
         vdso = self._vdso_mapping(pid, [entry for entry in entries if entry.path == VDSO_WORKER_PATH])
         entries = [entry for entry in entries if entry.inode and entry.path.startswith("/")]
