@@ -8,8 +8,6 @@ its Python caller and the interpreter's own frames stay below, down to `main`.
 
 from __future__ import annotations
 
-import os
-import re
 import subprocess
 import sys
 import time
@@ -19,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from antiprof_core.model import FrameKind, ProfileWindow, Sample
-from antiprof_core.testing import antiprof_command, require_bpf
+from antiprof_core.testing import require_bpf
 from antiprof_core.testing.agent import RunningAgent
 from antiprof_core.testing.python_workloads import (
     BY_CLOCK_LINES,
@@ -32,6 +30,7 @@ from antiprof_core.testing.python_workloads import (
     running_program,
     running_two_threads,
 )
+from antiprof_core.testing.record import TABLE_ROW, run_record
 from antiprof_core.testing.stacks import read_windows, samples_of, settled, wait_for_settled_samples
 
 pytestmark = pytest.mark.bpf
@@ -119,13 +118,7 @@ def test_record_names_python_functions_in_its_table_and_in_perf_script(tmp_path:
 
     out = tmp_path / "out"
     with running_program([DEBIAN_PYTHON, "-I"], TWO_FUNCTIONS_BY_CLOCK_PROGRAM, tmp_path) as program:
-        done = subprocess.run(
-            antiprof_command("record", "-d", "4s", "-F", "199", "-p", str(program.pid), "-o", str(out)),
-            capture_output=True,
-            text=True,
-            timeout=300,
-            env={**os.environ, "COLUMNS": "200"},
-        )
+        done = run_record(program.pid, out, timeout=300)
     assert done.returncode == 0, done.stderr
     rows = {m.group(4): float(m.group(2)) for m in TABLE_ROW.finditer(done.stdout)}  # total shares
     for function, truth in BY_CLOCK_SHARES.items():
@@ -145,7 +138,6 @@ def test_record_names_python_functions_in_its_table_and_in_perf_script(tmp_path:
 
 
 # A row of record's table: self %, total %, samples, function, module
-TABLE_ROW = re.compile(r"│\s*([\d.]+)%\s*│\s*([\d.]+)%\s*│\s*(\d+)\s*│\s*(\S+)\s*│\s*(\S*)\s*│")
 
 
 def entry_order(sample: Sample) -> list[str | None]:

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from antiprof_core.testing import antiprof_command, require_bpf
+from antiprof_core.testing.record import TABLE_ROW, run_record
 from antiprof_core.testing.workloads import TWO_FUNCTION_CALLERS, TWO_FUNCTION_SHARES, build_two_function_workload
 
 pytestmark = pytest.mark.bpf
 
-ROW = re.compile(r"│\s*([\d.]+)%\s*│\s*([\d.]+)%\s*│\s*(\d+)\s*│\s*(\S+)\s*│\s*(\S*)\s*│")
 ANSI = re.compile(r"\x1b\[[0-9;?]*[A-Za-z]")
 PLAIN_PROGRESS = re.compile(r"^antiprof: sampling: (\d+)s elapsed, (\d+)s left, ([\d,]+) samples$", re.M)
 # A valid PID (1..2^22) that no process has: the highest one free now, far above what the kernel hands out.
@@ -35,18 +35,12 @@ def test_record_prints_shares_and_only_the_files_of_this_run(tmp_path: Path) -> 
     # At nice -20, so other load on the machine cannot skew the 2:1 split; runs until killed below.
     workload = subprocess.Popen(["nice", "-n", "-20", str(program)])
     try:
-        result = subprocess.run(
-            antiprof_command("record", "-d", "4s", "-F", "199", "-p", str(workload.pid), "-o", str(out)),
-            capture_output=True,
-            text=True,
-            timeout=180,
-            env={**os.environ, "COLUMNS": "200"},
-        )
+        result = run_record(workload.pid, out, timeout=180)
     finally:
         workload.kill()
         workload.wait()
     assert result.returncode == 0, result.stderr
-    rows = {m.group(4): (float(m.group(1)), float(m.group(2))) for m in ROW.finditer(result.stdout)}
+    rows = {m.group(4): (float(m.group(1)), float(m.group(2))) for m in TABLE_ROW.finditer(result.stdout)}
     for function, share in TWO_FUNCTION_SHARES.items():
         self_share, total_share = rows[function]
         # The truth is the function's time, kernel work on its behalf included (interrupts and
@@ -55,7 +49,7 @@ def test_record_prints_shares_and_only_the_files_of_this_run(tmp_path: Path) -> 
         assert total_share >= self_share
     for caller in TWO_FUNCTION_CALLERS:
         assert rows[caller][1] >= 95  # every sample runs under cycle() and main()
-    modules = {m.group(4): m.group(5) for m in ROW.finditer(result.stdout)}
+    modules = {m.group(4): m.group(5) for m in TABLE_ROW.finditer(result.stdout)}
     assert modules["work_heavy"] == program.name
     assert "[kernel.kallsyms]" in modules.values()  # clock_gettime's kernel frames, named
 
